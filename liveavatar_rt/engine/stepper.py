@@ -1,0 +1,98 @@
+"""Denoise blocks with timestep-forcing caches: the engine's core loop for owned steps.
+
+A `BlockStepper` owns the conditioning K/V and the ring caches of the denoising steps it runs
+(all of them in one process; a subset on a pipeline rank). Per block: audio tokens once, then
+for each owned step i: forward with cache i, Euler update. Shortcuts against the published loop
+(each checked against the straightforward computation in tests): the text cross-attention K/V
+and the block's audio tokens are computed once instead of once per forward, and the
+conditioning prefill runs once instead of once per step cache.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..cache import CondCache, RingCache
+from ..config import StreamConfig
+from ..model import CausalWanS2V
+from ..model.rope import motion_positions, noisy_positions, ref_positions, rope_cos_sin
+from .positions import SinkOffsets, ref_time
+from .sampler import euler_step, flow_schedule
+
+
+class BlockStepper:
+    def __init__(self, model: CausalWanS2V, stream: StreamConfig, latent_hw: tuple[int, int],
+                 steps: list[int] | None = None, offsets: SinkOffsets | None = None, batch: int = 1):
+        cfg = model.cfg
+        self.model, self.stream, self.cfg = model, stream, cfg
+        self.h, self.w = latent_hw
+        if self.h % 8 or self.w % 8:
+            raise ValueError(f"latent size {latent_hw} must be divisible by 8 (frame packer 4x8x8)")
+        self.tokens_per_frame = (self.h // 2) * (self.w // 2)
+        self.sigmas, self.timesteps = flow_schedule(stream.sampling_steps, stream.shift, stream.num_train_timesteps)
+        self.steps = list(range(stream.sampling_steps)) if steps is None else list(steps)
+        self.offsets = offsets or SinkOffsets(low=stream.sink_offset_range[0], high=stream.sink_offset_range[1])
+        ops = model.ops
+        cap = stream.cache_frames * self.tokens_per_frame
+        self.cond = CondCache(cfg.num_layers)
+        self.rings = {i: RingCache(cfg.num_layers, batch, cap, cfg.num_heads, cfg.head_dim, ops.dtype, ops.device)
+                      for i in self.steps}
+        self.text_kv = None
+        self._motion_pos = motion_positions(self.h // 2, self.w // 2, cfg.zip_frame_buckets)
+
+    # ---- session state ------------------------------------------------------------------
+    def set_text(self, text: torch.Tensor) -> None:
+        """text: [Lt, text_dim] encoder output for the session prompt."""
+        self.text_kv = self.model.text_kv(text.to(self.model.ops.device))
+
+    def _cond_rope(self, ref_t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        pos = torch.cat([ref_positions(ref_t, self.h // 2, self.w // 2), self._motion_pos])
+        return rope_cos_sin(pos, self.cfg)
+
+    def prefill(self, ref_latent: torch.Tensor, motion: torch.Tensor) -> None:
+        """ref_latent: [B, 16, 1, h, w]; motion: [B, 16, T, h, w] -> fills the conditioning K/V."""
+        if self.text_kv is None:
+            raise RuntimeError("set_text() must be called before prefill()")
+        cos, sin = self._cond_rope(self.cfg.ref_time_index)
+        ops = self.model.ops
+        self.model.prefill(ref_latent.to(ops.device), motion.to(ops.device), self.text_kv,
+                           lambda i: self.cond.prefill_attend(i, cos, sin, ops))
+
+    def audio(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """features: [B, layers, audio_dim, 4 * frames_per_block] for one block."""
+        s = self.stream
+        return self.model.audio_tokens(features.to(self.model.ops.device), s.audio_prefix_frames, s.motion_latent_frames)
+
+    # ---- one step / one block -----------------------------------------------------------
+    def velocity(self, step: int, x: torch.Tensor, block: int, audio, cond_states: torch.Tensor) -> torch.Tensor:
+        """The model output of denoising step `step` for block `block` (writes cache `step`)."""
+        if not self.cond.ready:
+            raise RuntimeError("prefill() must run before denoising")
+        Fr = x.shape[2]
+        f0 = block * Fr
+        q_rope = rope_cos_sin(noisy_positions(f0, Fr, self.h // 2, self.w // 2), self.cfg)
+        cond_rope = self._cond_rope(ref_time(f0, self.offsets(block, step), self.cfg.ref_time_index))
+        ring, ops = self.rings[step], self.model.ops
+        start = f0 * self.tokens_per_frame
+        t = self.timesteps[step].expand(x.shape[0], Fr)
+        return self.model.forward_block(
+            x, t, cond_states, self.text_kv, audio,
+            lambda i: ring.attend(i, start, q_rope, self.cond, cond_rope, ops))
+
+    def step(self, step: int, x: torch.Tensor, block: int, audio, cond_states: torch.Tensor) -> torch.Tensor:
+        v = self.velocity(step, x, block, audio, cond_states)
+        return euler_step(x, v, self.sigmas[step], self.sigmas[step + 1])
+
+    def denoise(self, noise: torch.Tensor, block: int, features: torch.Tensor,
+                cond_states: torch.Tensor | None = None, trace: list | None = None) -> torch.Tensor:
+        """noise: [B, 16, F, h, w] -> clean latent after all owned steps, in order.
+        `trace`, if given, receives (velocity, latent) after every step."""
+        ops = self.model.ops
+        x = noise.to(device=ops.device, dtype=ops.dtype)
+        cond_states = torch.zeros_like(x) if cond_states is None else cond_states.to(x)
+        audio = self.audio(features)
+        for i in self.steps:
+            v = self.velocity(i, x, block, audio, cond_states)
+            x = euler_step(x, v, self.sigmas[i], self.sigmas[i + 1])
+            if trace is not None:
+                trace.append((v, x))
+        return x

@@ -1,0 +1,7 @@
+"""Ops: each file defines references (plain PyTorch) and providers register against them."""
+from . import attention, conv, linear, modulate, norm, rope, vae_ops  # noqa: F401  (populate the registry)
+from .linear import patch_conv
+from .registry import OPS, OpTable, define
+from . import cpu_providers  # noqa: F401,E402  (C++ CPU kernels; loads liveavatar_rt._C lazily)
+
+__all__ = ["OPS", "OpTable", "define", "patch_conv"]

@@ -1,0 +1,88 @@
+"""Golden parity of the generator + timestep-forcing caches against the published run.
+
+The fixture set is read from LIVEAVATAR_GOLDEN_DIR (default ../shared/golden/liveavatar_tiny);
+see tests/golden/harness.py for the tolerances and why.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from liveavatar_rt.config import ModelConfig
+from liveavatar_rt.engine import flow_schedule
+from liveavatar_rt.io import merge_lora_weight, parse_lora, read_safetensors
+from liveavatar_rt.model.block import Block
+from tests.golden import harness
+
+pytestmark = pytest.mark.skipif(not (harness.GOLDEN_DIR / "config.json").is_file(),
+                                reason=f"golden fixtures not found at {harness.GOLDEN_DIR}")
+
+
+def test_schedule_matches_fixture():
+    p = harness.settings()["pipeline"]
+    sigmas, timesteps = flow_schedule(p["sampling_steps"])
+    assert sigmas.tolist() == pytest.approx(p["sigmas"], abs=0, rel=0)
+    assert timesteps.tolist() == pytest.approx(p["timesteps"], abs=0, rel=0)
+
+
+def test_lora_merge_is_bitwise():
+    g = harness.GOLDEN_DIR
+    conf = harness.settings()
+    check = read_safetensors(g / "lora_merged_check.safetensors")
+    loras = parse_lora(read_safetensors(g / conf["lora"]["file"]))
+    names = {k.rsplit(".", 1)[0] for k in check}
+    assert names, "lora_merged_check holds no tensors"
+    for name in names:
+        a, b = loras[name]
+        merged = merge_lora_weight(check[f"{name}.before"], a, b, conf["lora"]["scaling"], name)
+        assert torch.equal(merged, check[f"{name}.after"]), name
+
+
+@pytest.mark.parametrize("variant", ["fp32", "bf16"])
+def test_parity_reference_ops(variant):
+    res = harness.run(variant, force="ref")
+    assert harness.parity_failures(res, variant) == []
+
+
+def test_parity_bf16_best_providers():
+    """The default (fastest available) providers stay within the bf16 parity bound too."""
+    res = harness.run("bf16")
+    assert harness.parity_failures(res, "bf16") == []
+
+
+def _even_split(self):
+    """A plausible but wrong split: 2 more real dims to height and width each."""
+    hw = 2 * (self.head_dim // 6) + 2
+    return self.head_dim - 2 * hw, hw, hw
+
+
+def _unrounded_norm1(self, x):
+    return self.ops.layer_norm(x, None, None, self.eps)
+
+
+MUTATIONS = {
+    # a different RoPE frequency split (time/height/width real dims)
+    "rope_split": dict(variant="fp32", patch=(ModelConfig, "rope_split", property(_even_split))),
+    # norm1's output not rounded to bf16 before the fp32 modulation
+    "norm1_rounding": dict(variant="bf16", patch=(Block, "norm1", _unrounded_norm1)),
+    # LoRA scale alpha/rank changed from 0.5 to 1.0
+    "lora_scale": dict(variant="fp32", run=dict(lora_scale=1.0)),
+    # text not zero-padded to text_len (cross-attention over the real tokens only)
+    "text_padding": dict(variant="fp32", run="text"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MUTATIONS))
+def test_parity_detects_changed_detail(name, monkeypatch):
+    m = MUTATIONS[name]
+    if "patch" in m:
+        monkeypatch.setattr(*m["patch"])
+    kw = dict(blocks=2)
+    if m.get("run") == "text":
+        n_text = read_safetensors(harness.GOLDEN_DIR / "inputs.safetensors")["text_context"].shape[0]
+        kw["cfg_override"] = {"text_len": n_text}
+    elif "run" in m:
+        kw.update(m["run"])
+    res = harness.run(m["variant"], force="ref", **kw)
+    failures = harness.parity_failures(res, m["variant"])
+    assert failures, f"changing {name} went unnoticed by the parity check"
