@@ -15,19 +15,12 @@ NOISE_ATOL = {torch.float32: 1e-6, torch.bfloat16: 1e-3, torch.float16: 1e-4}
 
 
 def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> tuple[float, float]:
-    """(max_abs, rel_l2) of actual vs expected, computed in float64."""
-    a, e = actual.double(), expected.double()
+    """(max_abs, rel_l2) of actual vs expected, both computed in float64."""
+    a, e = actual.detach().double().cpu(), expected.detach().double().cpu()
     diff = a - e
+    max_abs = diff.abs().max().item() if diff.numel() else 0.0
     denom = e.norm().item()
-    return diff.abs().max().item(), diff.norm().item() / (denom if denom > 0 else 1.0)
-
-
-def assert_close_rel(actual: torch.Tensor, expected: torch.Tensor, rel_l2: float, max_abs: float, name: str = "") -> None:
-    if tuple(actual.shape) != tuple(expected.shape):
-        raise AssertionError(f"{name}: shape {tuple(actual.shape)} != expected {tuple(expected.shape)}")
-    m, r = rel_err(actual, expected)
-    if not (m <= max_abs and r <= rel_l2):
-        raise AssertionError(f"{name}: max_abs {m:.3g} (limit {max_abs:.3g}), rel_l2 {r:.3g} (limit {rel_l2:.3g})")
+    return max_abs, diff.norm().item() / (denom if denom > 0 else 1.0)
 
 
 def provider_tolerance(ref_lowp: torch.Tensor, ref_fp32: torch.Tensor, dtype: torch.dtype) -> float:
@@ -41,3 +34,23 @@ def assert_provider_close(out: torch.Tensor, ref_lowp: torch.Tensor, ref_fp32: t
     if err > tol:
         raise AssertionError(f"{name}: provider error {err:.3g} vs fp32 reference exceeds {tol:.3g} "
                              f"(2x the {ref_lowp.dtype} reference's own error + atol)")
+
+
+def assert_close_rel(actual: torch.Tensor, expected: torch.Tensor, rel_l2: float, max_abs: float, name: str) -> tuple[float, float]:
+    """Assert shape equality, finiteness, ||a - e|| / ||e|| <= rel_l2 and max |a - e| <= max_abs.
+
+    Returns the measured (max_abs, rel_l2) so callers can report them.
+    """
+    assert tuple(actual.shape) == tuple(expected.shape), (
+        f"{name}: shape {tuple(actual.shape)} != expected {tuple(expected.shape)}")
+    assert torch.isfinite(actual).all(), f"{name}: actual has {(~torch.isfinite(actual)).sum().item()} non-finite values"
+    got_abs, got_rel = rel_err(actual, expected)
+    ok = got_rel <= rel_l2 and got_abs <= max_abs
+    if not ok:
+        where = (actual.double().cpu() - expected.double().cpu()).abs().argmax().item()
+        idx = tuple(int(i) for i in torch.unravel_index(torch.tensor(where), tuple(expected.shape)))
+        raise AssertionError(
+            f"{name}: rel_l2 {got_rel:.3e} (limit {rel_l2:.1e}), max_abs {got_abs:.3e} (limit {max_abs:.1e}); "
+            f"worst at {idx}: actual {actual[idx].item():.6g} vs expected {expected[idx].item():.6g}; "
+            f"|expected| max {expected.abs().max().item():.4g}")
+    return got_abs, got_rel
