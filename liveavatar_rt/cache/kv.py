@@ -49,6 +49,13 @@ class RingCache:
         slot = start % self.capacity
         return slot, (self.capacity if start >= self.capacity else start + length)
 
+    def rotate(self, cos: torch.Tensor, sin: torch.Tensor, ops) -> None:
+        """Re-rotate every stored key by one more RoPE angle (cos/sin: [1, head_dim/2], the same
+        for all tokens): used to rebase time positions, R(p - P) = R(-P) R(p)."""
+        L, B, N, H, D = self.k.shape
+        flat = self.k.reshape(L * B, N, H, D)
+        self.k.copy_(ops.rope_apply(flat, cos.expand(N, -1), sin.expand(N, -1)).reshape(self.k.shape))
+
     def attend(self, layer: int, start: int, q_rope: tuple[torch.Tensor, torch.Tensor], cond: CondCache,
                cond_rope: tuple[torch.Tensor, torch.Tensor], ops) -> AttendFn:
         """Attend for one block: q/k rotated at the block's positions, k/v written at `start`

@@ -1,6 +1,9 @@
 """Sampler, block stepper, streaming session and the Pipeline entry class."""
-from .positions import SinkOffsets, ref_time
+from .pipeline import Pipeline, Video
+from .positions import PositionPolicy, SinkOffsets, ref_time
 from .sampler import euler_step, flow_schedule
+from .session import Block, Session, SessionClosed
 from .stepper import BlockStepper
 
-__all__ = ["BlockStepper", "SinkOffsets", "euler_step", "flow_schedule", "ref_time"]
+__all__ = ["Block", "BlockStepper", "Pipeline", "PositionPolicy", "Session", "SessionClosed", "SinkOffsets",
+           "Video", "euler_step", "flow_schedule", "ref_time"]

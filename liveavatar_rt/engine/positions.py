@@ -44,3 +44,43 @@ class SinkOffsets:
 def ref_time(first_frame: int, offset: int, ref_index: int = 30) -> int:
     """Time position of the reference latent for a block starting at latent frame `first_frame`."""
     return ref_index + max(0, first_frame - (ref_index - offset))
+
+
+@dataclass(frozen=True)
+class PositionPolicy:
+    """Maps a block's absolute first latent frame to the time position its tokens use.
+
+    `official`: positions are absolute, as published; the published RoPE table has `limit`
+    (45000) entries, so a block reaching it raises (~2 h of video at 25 fps).
+    `bounded` (default): identical to `official` until a block would reach `limit`; from then
+    on positions are rebased by whole `period`s so they stay in [limit - period, limit). RoPE
+    only sees differences between the noisy, cached and reference positions, and all of those
+    are shifted together (the ring cache's stored keys are re-rotated by -period at each
+    rebase), so attention between them is unchanged up to rounding. The motion tokens keep their
+    fixed negative positions; at a rebase they move `period` frames closer but stay more than
+    limit - period frames away, where the published model sees them at ever larger distances.
+    """
+
+    mode: str = "bounded"
+    limit: int = 45000
+    period: int = 30000
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("bounded", "official"):
+            raise ValueError(f"position mode {self.mode!r}: use 'bounded' or 'official'")
+        if not 0 < self.period < self.limit:
+            raise ValueError(f"rebase period {self.period} must be in (0, limit={self.limit})")
+
+    def rebases(self, first_frame: int, frames: int) -> int:
+        """How many periods are subtracted for a block [first_frame, first_frame + frames)."""
+        over = first_frame + frames - self.limit
+        if over <= 0:
+            return 0
+        if self.mode == "official":
+            raise OverflowError(f"block at latent frame {first_frame} passes the published RoPE table "
+                                f"({self.limit} positions, ~{self.limit * 4 // 25 // 60} min of video); "
+                                "use the 'bounded' position mode for unlimited length")
+        return -(-over // self.period)
+
+    def frame_position(self, first_frame: int, frames: int) -> int:
+        return first_frame - self.rebases(first_frame, frames) * self.period

@@ -9,19 +9,22 @@ conditioning prefill runs once instead of once per step cache.
 """
 from __future__ import annotations
 
+import time
+
 import torch
 
 from ..cache import CondCache, RingCache
 from ..config import StreamConfig
 from ..model import CausalWanS2V
 from ..model.rope import motion_positions, noisy_positions, ref_positions, rope_cos_sin
-from .positions import SinkOffsets, ref_time
+from .positions import PositionPolicy, SinkOffsets, ref_time
 from .sampler import euler_step, flow_schedule
 
 
 class BlockStepper:
     def __init__(self, model: CausalWanS2V, stream: StreamConfig, latent_hw: tuple[int, int],
-                 steps: list[int] | None = None, offsets: SinkOffsets | None = None, batch: int = 1):
+                 steps: list[int] | None = None, offsets: SinkOffsets | None = None, batch: int = 1,
+                 positions: PositionPolicy | None = None):
         cfg = model.cfg
         self.model, self.stream, self.cfg = model, stream, cfg
         self.h, self.w = latent_hw
@@ -37,6 +40,8 @@ class BlockStepper:
         self.rings = {i: RingCache(cfg.num_layers, batch, cap, cfg.num_heads, cfg.head_dim, ops.dtype, ops.device)
                       for i in self.steps}
         self.text_kv = None
+        self.positions = positions or PositionPolicy()
+        self._rebased = {i: 0 for i in self.steps}  # periods already subtracted, per step cache
         self._motion_pos = motion_positions(self.h // 2, self.w // 2, cfg.zip_frame_buckets)
 
     # ---- session state ------------------------------------------------------------------
@@ -69,10 +74,17 @@ class BlockStepper:
             raise RuntimeError("prefill() must run before denoising")
         Fr = x.shape[2]
         f0 = block * Fr
-        q_rope = rope_cos_sin(noisy_positions(f0, Fr, self.h // 2, self.w // 2), self.cfg)
-        cond_rope = self._cond_rope(ref_time(f0, self.offsets(block, step), self.cfg.ref_time_index))
         ring, ops = self.rings[step], self.model.ops
-        start = f0 * self.tokens_per_frame
+        k = self.positions.rebases(f0, Fr)
+        if k != self._rebased[step]:
+            # keys already in the ring were rotated at the old base: move them to the new one
+            shift = torch.tensor([[-(k - self._rebased[step]) * self.positions.period, 0, 0]])
+            ring.rotate(*rope_cos_sin(shift, self.cfg), ops)
+            self._rebased[step] = k
+        fe = f0 - k * self.positions.period  # the time position the block's tokens use
+        q_rope = rope_cos_sin(noisy_positions(fe, Fr, self.h // 2, self.w // 2), self.cfg)
+        cond_rope = self._cond_rope(ref_time(fe, self.offsets(block, step), self.cfg.ref_time_index))
+        start = f0 * self.tokens_per_frame  # ring slots follow the absolute stream position
         t = self.timesteps[step].expand(x.shape[0], Fr)
         return self.model.forward_block(
             x, t, cond_states, self.text_kv, audio,
@@ -83,16 +95,24 @@ class BlockStepper:
         return euler_step(x, v, self.sigmas[step], self.sigmas[step + 1])
 
     def denoise(self, noise: torch.Tensor, block: int, features: torch.Tensor,
-                cond_states: torch.Tensor | None = None, trace: list | None = None) -> torch.Tensor:
+                cond_states: torch.Tensor | None = None, trace: list | None = None,
+                timings: dict | None = None) -> torch.Tensor:
         """noise: [B, 16, F, h, w] -> clean latent after all owned steps, in order.
-        `trace`, if given, receives (velocity, latent) after every step."""
+        `trace`, if given, receives (velocity, latent) after every step; `timings`, if given,
+        gets seconds per stage ('audio', 'step0', 'step1', ...)."""
         ops = self.model.ops
         x = noise.to(device=ops.device, dtype=ops.dtype)
         cond_states = torch.zeros_like(x) if cond_states is None else cond_states.to(x)
+        t0 = time.perf_counter()
         audio = self.audio(features)
+        if timings is not None:
+            timings["audio_encoder"] = time.perf_counter() - t0
         for i in self.steps:
+            t0 = time.perf_counter()
             v = self.velocity(i, x, block, audio, cond_states)
             x = euler_step(x, v, self.sigmas[i], self.sigmas[i + 1])
+            if timings is not None:
+                timings[f"step{i}"] = time.perf_counter() - t0
             if trace is not None:
                 trace.append((v, x))
         return x

@@ -1,0 +1,117 @@
+"""The entry class: load a model once, open any number of sessions on it.
+
+    pipe = Pipeline.from_pretrained("tiny")            # or a published-layout directory
+    video = pipe.generate("face.png", pcm, 16000)      # offline: same frames as streaming
+    with pipe.session("face.png", seed=0) as sess: ... # streaming, see session.py
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import ModelConfig, StreamConfig, from_name
+from ..model import CausalWanS2V
+from ..model.init import init_random_
+from ..model.vae import VAEConfig, WanVAE
+from ..ops import OpTable
+from .positions import PositionPolicy
+from .session import Session
+
+PACKAGED_WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
+# The placeholder tiny default: the golden-fixture DiT sizes and a small Wan2.1-layout VAE.
+TINY_VAE = VAEConfig(dim=8)
+TINY_MAX_AREA = 128 * 128
+PUBLISHED_MAX_AREA = 704 * 384
+AUDIO_RATE = 16000
+
+
+@dataclass
+class Video:
+    frames: np.ndarray  # uint8 [N, H, W, 3]
+    audio: np.ndarray  # float32 PCM at `sample_rate`, the same duration as the frames
+    fps: int
+    sample_rate: int
+
+    def save(self, path: str | os.PathLike) -> None:
+        from ..io.video import Mp4Writer
+
+        with Mp4Writer(path, self.frames.shape[2], self.frames.shape[1], fps=self.fps, sample_rate=self.sample_rate) as w:
+            w.write(self.frames, self.audio)
+
+
+class Pipeline:
+    def __init__(self, model: CausalWanS2V, vae: WanVAE, stream: StreamConfig = StreamConfig(),
+                 max_area: int = TINY_MAX_AREA, default_text: torch.Tensor | None = None, note: str = ""):
+        self.model, self.vae, self.stream, self.max_area = model, vae, stream, max_area
+        self.dtype = model.ops.dtype
+        self.default_text = default_text if default_text is not None else torch.zeros(1, model.cfg.text_dim, dtype=self.dtype)
+        self.note = note  # shown to users (e.g. "random weights")
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike = "tiny", device: str = "cpu",
+                        dtype: torch.dtype = torch.bfloat16, seed: int = 0, force_provider=None,
+                        quiet: bool = False) -> "Pipeline":
+        """'tiny' (packaged weights, or seeded random ones until trained weights ship) or a
+        directory in the published layout (DiT shards + index json, liveavatar.safetensors LoRA,
+        Wan2.1_VAE.pth)."""
+        ops = OpTable(device, dtype, force=force_provider)
+        if str(name_or_path) == "tiny":
+            cfg: ModelConfig = from_name("tiny")
+            ckpt = PACKAGED_WEIGHTS / "tiny.safetensors"
+            if ckpt.is_file():
+                raise NotImplementedError("packaged tiny weights are not wired yet")
+            model = init_random_(CausalWanS2V(cfg, ops), seed=seed, device=device)
+            vae = WanVAE(TINY_VAE, dtype=dtype, device=device, ops=ops).init_random_(seed)
+            note = ("model 'tiny' has no trained weights yet: using seeded random weights "
+                    f"(seed {seed}); the video shows noise, not a face")
+            if not quiet:
+                print(f"liveavatar_rt: {note}", file=sys.stderr)
+            return cls(model, vae, max_area=TINY_MAX_AREA, note=note)
+        return cls._from_directory(Path(name_or_path), ops, device, dtype)
+
+    @classmethod
+    def _from_directory(cls, root: Path, ops: OpTable, device: str, dtype: torch.dtype) -> "Pipeline":
+        from ..io import load_dit, published_config
+        from ..io.vae_loading import load_vae
+
+        if not root.is_dir():
+            raise FileNotFoundError(f"model directory {str(root)!r} does not exist (or use 'tiny')")
+        cfg = published_config(root)
+        if cfg is None:
+            raise FileNotFoundError(f"{root} has no config.json (the DiT's diffusers config)")
+        need = {"Live Avatar LoRA": root / "liveavatar.safetensors", "Wan2.1 VAE": root / "Wan2.1_VAE.pth"}
+        missing = [f"{what}: {p.name}" for what, p in need.items() if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{root} is missing {missing}")
+        model = load_dit(root, cfg, dtype=dtype, device=device, lora=need["Live Avatar LoRA"], ops=ops)
+        vae = load_vae(need["Wan2.1 VAE"], VAEConfig(), dtype, device, ops=ops)
+        return cls(model, vae, max_area=PUBLISHED_MAX_AREA)
+
+    def new_audio_stream(self):
+        from ..audio import AudioStream, LogMelFeatures
+
+        cfg = self.model.cfg
+        return AudioStream(LogMelFeatures(n_mels=cfg.audio_dim, layers=cfg.audio_layers),
+                           frames_per_block=4 * self.stream.frames_per_block, fps=self.stream.fps)
+
+    def session(self, image, prompt_embeds: torch.Tensor | None = None, seed: int = 0, sink_replacement: bool = True,
+                positions: PositionPolicy | None = None, sink_offset: int | None = None) -> Session:
+        """Open a streaming session. image: path, PIL image or uint8 array [H, W, 3].
+        prompt_embeds: [Lt, 4096] text-encoder output (the tiny preset needs none)."""
+        text = self.default_text if prompt_embeds is None else prompt_embeds
+        return Session(self, image, text.to(self.dtype), seed=seed, sink_replacement=sink_replacement,
+                       positions=positions, sink_offset=sink_offset)
+
+    def generate(self, image, audio, sample_rate: int, seed: int = 0, **session_kw) -> Video:
+        """Offline: the whole clip at once; the same frames as streaming the same audio."""
+        with self.session(image, seed=seed, **session_kw) as sess:
+            sess.push_audio(audio, sample_rate)
+            sess.end_audio()
+            blocks = list(sess.frames())
+        return Video(np.concatenate([b.video for b in blocks]), np.concatenate([b.audio for b in blocks]),
+                     self.stream.fps, AUDIO_RATE)
