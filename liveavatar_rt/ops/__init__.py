@@ -2,6 +2,6 @@
 from . import attention, conv, linear, modulate, norm, rope, vae_ops  # noqa: F401  (populate the registry)
 from .linear import patch_conv
 from .registry import OPS, OpTable, define
-from . import cpu_providers  # noqa: F401,E402  (C++ CPU kernels; loads liveavatar_rt._C lazily)
+from . import cpu_providers  # noqa: F401  (C++ CPU providers; liveavatar_rt._C loads lazily)
 
 __all__ = ["OPS", "OpTable", "define", "patch_conv"]

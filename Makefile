@@ -1,0 +1,94 @@
+# liveavatar_rt developer and CI targets. Everything is installed into .venv from the
+# package registries (torch 2.13.0 is a CPU wheel on local disk; asking pip for plain `torch`
+# or a range would pull a multi-GB CUDA build, so it is always pinned and installed first,
+# and the project is built without build isolation).
+#
+#   make venv        .venv with torch==2.13.0, the runtime + test deps, editable liveavatar_rt
+#   make build       the C++ extension liveavatar_rt/_C*.so, in place (ninja, incremental)
+#   make test        pytest (TRITON_INTERPRET=1), then nvcc-check and ctest
+#   make ctest       CMake build of csrc/cpu + the C++ kernel test, run by CTest
+#   make nvcc-check  syntax-check the torch-free CUDA kernel with plain nvcc (skips without nvcc)
+#   make demo        a short MP4 from the example portrait + speech with the tiny model
+#   make bench       pytest-benchmark microbenchmarks
+#   make clean       build outputs (keeps .venv); `make distclean` also removes .venv
+#
+# Targets are idempotent: stamp files (in .venv) and the built .so make repeated runs fast.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := test
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+VENV_STAMP := $(VENV)/.liveavatar_rt-venv
+
+TORCH_VERSION := 2.13.0
+TRITON_VERSION := 3.7.1
+# Installed after torch, so none of them can pull another torch.
+DEPS := "setuptools>=70.1" wheel "numpy>=1.26" "safetensors>=0.4" "tqdm>=4.66" "av>=12" "pillow>=10" \
+	"ninja>=1.11" "pytest>=8" "pytest-benchmark>=4" "triton==$(TRITON_VERSION)"
+
+# Persistent caches inside the checkout (cold C++ builds take ~30-60 s on 2 cores); no ccache.
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/build/torch_extensions
+export TORCHINDUCTOR_CACHE_DIR ?= $(CURDIR)/build/inductor_cache
+export MAX_JOBS ?= 2
+export CCACHE_DISABLE ?= 1
+
+EXT_SUFFIX := $(shell $(PYTHON) -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))" 2>/dev/null)
+EXT := liveavatar_rt/_C$(EXT_SUFFIX)
+EXT_SOURCES := $(shell find csrc -path csrc/tests -prune -o \( -name '*.cpp' -o -name '*.h' -o -name '*.cu' \) -print 2>/dev/null)
+
+CMAKE_BUILD_DIR := build/cmake
+NVCC ?= $(shell command -v nvcc 2>/dev/null || { test -x /usr/local/cuda/bin/nvcc && echo /usr/local/cuda/bin/nvcc; })
+
+.PHONY: venv build test ctest nvcc-check demo bench clean distclean
+
+venv: $(VENV_STAMP)
+
+# The editable install registers the package, its deps and the liveavatar-rt script; the
+# extension is built by `make build`, in place, where the editable install finds it.
+$(VENV_STAMP): setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --disable-pip-version-check "torch==$(TORCH_VERSION)"
+	$(PIP) install --disable-pip-version-check $(DEPS)
+	LIVEAVATAR_RT_NO_EXT=1 $(PIP) install --disable-pip-version-check --no-build-isolation -e .
+	touch $@
+
+build: $(EXT)
+
+$(EXT): $(VENV_STAMP) setup.py $(EXT_SOURCES)
+	$(PY) setup.py build_ext --inplace
+	touch $@
+
+test: venv build
+	TRITON_INTERPRET=1 $(PY) -m pytest tests -q -x
+	$(MAKE) --no-print-directory nvcc-check
+	$(MAKE) --no-print-directory ctest
+
+ctest: venv
+	cmake -S . -B $(CMAKE_BUILD_DIR) -DPython3_EXECUTABLE=$(CURDIR)/$(PY) -DCMAKE_BUILD_TYPE=Release
+	cmake --build $(CMAKE_BUILD_DIR) --parallel $(MAX_JOBS)
+	cd $(CMAKE_BUILD_DIR) && ctest --output-on-failure
+
+nvcc-check:
+	@if [ -z "$(NVCC)" ]; then \
+		echo "nvcc-check: nvcc not found, skipping"; \
+	else \
+		echo "$(NVCC) -c -o /tmp/x.o csrc/cuda/modulate_kernel.cu"; \
+		"$(NVCC)" -c -o /tmp/x.o csrc/cuda/modulate_kernel.cu && echo "nvcc-check: ok"; \
+	fi
+
+demo: venv build
+	mkdir -p out
+	$(VENV)/bin/liveavatar-rt generate --model tiny --image assets/example/portrait.png \
+		--audio assets/example/speech.wav --out out/demo.mp4
+
+bench: venv build
+	$(PY) -m pytest bench --benchmark-only
+
+clean:
+	rm -rf build liveavatar_rt/_C*.so .pytest_cache .benchmarks
+
+distclean: clean
+	rm -rf $(VENV) *.egg-info

@@ -1,0 +1,49 @@
+// Every liveavatar_rt op's schema, registered once, and the CPU kernels behind them.
+//
+// Python: `import liveavatar_rt._C` (done lazily by liveavatar_rt/_ext.py) runs the static
+// registrations below; the ops are then torch.ops.liveavatar_rt.<name>. CUDA kernels register
+// against the same schemas from csrc/cuda/*_binding.cu, compiled only where torch has CUDA.
+// Fake (meta) implementations for torch.compile / opcheck are registered in Python
+// (liveavatar_rt/_ext.py), where symbolic shapes come for free.
+#include <Python.h>
+#include <torch/library.h>
+
+#include "ops.h"
+
+TORCH_LIBRARY(liveavatar_rt, m) {
+  // WanRMSNorm over the last dim, as liveavatar_rt/ops/norm.py::rms_norm: fp32 statistic, the
+  // normalised value rounded to x's dtype, then times weight.to(x.dtype) in x's dtype.
+  // x: [..., C] fp32|bf16, weight: [C] -> [..., C] in x's dtype (contiguous).
+  m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
+  // Out-variant of rms_norm: writes into `out` (contiguous, x's shape and dtype).
+  m.def("rms_norm_out(Tensor! out, Tensor x, Tensor weight, float eps) -> ()");
+  // adaLN modulation fused in one pass, as liveavatar_rt/ops/modulate.py::modulate:
+  // out = out_dtype(fp32(x_norm) * (1 + scale) + shift), with x_norm: [B, L, C] fp32|bf16 and
+  // shift, scale: fp32 [B|1, F, C] applied per frame of S = L / F consecutive tokens (F == L:
+  // per token, F == 1: per sample); out_dtype fp32|bf16 -> [B, L, C].
+  m.def("modulate(Tensor x_norm, Tensor shift, Tensor scale, ScalarType out_dtype) -> Tensor");
+  // Out-variant of modulate: writes into `out` (contiguous [B, L, C]); out's dtype is out_dtype.
+  m.def("modulate_out(Tensor! out, Tensor x_norm, Tensor shift, Tensor scale) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(liveavatar_rt, CPU, m) {
+  m.impl("rms_norm", &liveavatar_rt::rms_norm_cpu);
+  m.impl("rms_norm_out", &liveavatar_rt::rms_norm_out_cpu);
+  m.impl("modulate", &liveavatar_rt::modulate_cpu);
+  m.impl("modulate_out", &liveavatar_rt::modulate_out_cpu);
+}
+
+extern "C" {
+// `import liveavatar_rt._C` loads this shared object (running the registrations above) and
+// gets an empty module; the ops are reached through torch.ops.liveavatar_rt.
+PyMODINIT_FUNC PyInit__C(void) {
+  static struct PyModuleDef module_def = {
+      PyModuleDef_HEAD_INIT,
+      "_C",     // m_name
+      nullptr,  // m_doc
+      -1,       // m_size
+      nullptr,  // m_methods
+  };
+  return PyModule_Create(&module_def);
+}
+}

@@ -1,0 +1,74 @@
+"""Lazy loader of the compiled extension `liveavatar_rt._C` (csrc/, built by setup.py).
+
+Nothing is loaded at import: the first `available()` / `load_error()` / `load()` call imports
+`liveavatar_rt._C`, which registers the ops `torch.ops.liveavatar_rt.*` (schemas in
+csrc/torch_bindings.cpp). A missing or broken build never raises: the package falls back to
+its PyTorch references and the reason is kept for `liveavatar-rt info` (`load_error()`).
+
+`LIVEAVATAR_RT_DISABLE_EXT=1` makes the loader refuse the extension even when it is built
+(to run or test the pure-PyTorch path); it is read once, on the first load.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import threading
+from typing import Optional
+
+import torch
+
+DISABLE_ENV = "LIVEAVATAR_RT_DISABLE_EXT"
+
+_lock = threading.Lock()
+_tried = False
+_error: Optional[str] = None
+
+
+def _register_fakes() -> None:
+    """Shape-only implementations for FakeTensor / torch.compile / opcheck (symbolic shapes)."""
+
+    @torch.library.register_fake("liveavatar_rt::rms_norm")
+    def _rms_norm_fake(x, weight, eps):
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake("liveavatar_rt::rms_norm_out")
+    def _rms_norm_out_fake(out, x, weight, eps):
+        return None
+
+    @torch.library.register_fake("liveavatar_rt::modulate")
+    def _modulate_fake(x_norm, shift, scale, out_dtype):
+        return x_norm.new_empty(x_norm.shape, dtype=out_dtype)
+
+    @torch.library.register_fake("liveavatar_rt::modulate_out")
+    def _modulate_out_fake(out, x_norm, shift, scale):
+        return None
+
+
+def load() -> bool:
+    """Import `liveavatar_rt._C` once; True when its ops are registered. Never raises."""
+    global _tried, _error
+    with _lock:
+        if _tried:
+            return _error is None
+        _tried = True
+        if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
+            _error = f"disabled by {DISABLE_ENV}={os.environ[DISABLE_ENV]}"
+            return False
+        try:
+            importlib.import_module("liveavatar_rt._C")
+            _register_fakes()
+        except Exception as exc:  # ImportError (not built), OSError / undefined symbol (ABI mismatch), ...
+            _error = f"{type(exc).__name__}: {exc}"
+            return False
+        return True
+
+
+def available() -> bool:
+    """True when the compiled ops can be used (loads the extension on first call)."""
+    return load()
+
+
+def load_error() -> Optional[str]:
+    """Why the extension is unavailable (None when it loaded); loads it on first call."""
+    load()
+    return _error
