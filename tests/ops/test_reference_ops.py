@@ -78,3 +78,36 @@ def test_registry_force_and_refusal(monkeypatch):
     assert OpTable("cpu", torch.bfloat16).chosen["linear"] == "ref"
     with pytest.raises(ValueError, match="defined twice"):
         define("linear")(lambda: None)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape,kernel,stride", [((1, 8, 3, 10, 12), (3, 3, 3), 1), ((1, 16, 4, 16, 16), (1, 2, 2), (1, 2, 2)),
+                                                 ((2, 5, 2, 7, 9), (1, 3, 3), 1)])
+def test_conv3d_mkldnn_within_provider_tolerance(dtype, shape, kernel, stride):
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(*shape, generator=g)
+    w = torch.randn(6, shape[1], *kernel, generator=g) / 4
+    b = torch.randn(6, generator=g)
+    ref = OPS["conv3d"].reference
+    fp32 = ref(x.to(dtype).float(), w.to(dtype).float(), b.to(dtype).float(), stride, 0, torch.float32)
+    out = OpTable("cpu", dtype).conv3d(x, w, b, stride, 0, dtype)
+    assert OpTable("cpu", dtype).chosen["conv3d"] == "mkldnn"
+    assert out.dtype == dtype
+    assert_provider_close(out, ref(x, w, b, stride, 0, dtype), fp32, "conv3d[mkldnn]")
+
+
+def test_conv2d_mkldnn_matches_reference():
+    g = torch.Generator().manual_seed(5)
+    x, w, b = torch.randn(3, 4, 9, 11, generator=g), torch.randn(5, 4, 3, 3, generator=g), torch.randn(5, generator=g)
+    out = OpTable("cpu", torch.float32).conv2d(x, w, b, 1, 1, torch.float32)
+    torch.testing.assert_close(out, OPS["conv2d"].reference(x, w, b, 1, 1, torch.float32), rtol=1e-5, atol=1e-5)
+
+
+def test_vae_rms_norm_chansum_matches_reference():
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(1, 24, 3, 8, 10, generator=g).bfloat16()
+    x[:, :, 0, 0, 0] = 0  # the eps clamp
+    gamma = torch.randn(24, 1, 1, 1, generator=g)
+    out = OpTable("cpu", torch.bfloat16).vae_rms_norm(x, gamma)
+    torch.testing.assert_close(out, OPS["vae_rms_norm"].reference(x, gamma), rtol=1e-5, atol=1e-5)
+    assert torch.isfinite(out).all()
