@@ -241,6 +241,6 @@ def prepare_reference(image_uint8: np.ndarray, size_hw: tuple[int, int]) -> torc
     left = int(round((w - W) / 2.0))
     rgb = rgb[top:top + H, left:left + W]
 
-    t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).contiguous()
+    t = torch.from_numpy(np.array(rgb, copy=True)).permute(2, 0, 1).contiguous()  # PIL arrays are read-only
     # ToTensor divides in float32 by 255; keep the same op order for bit-identical values.
     return t.to(torch.float32).div(255) * 2 - 1.0
