@@ -27,7 +27,8 @@ TORCH_VERSION := 2.13.0
 TRITON_VERSION := 3.7.1
 # Installed after torch, so none of them can pull another torch.
 DEPS := "setuptools>=70.1" wheel "numpy>=1.26" "safetensors>=0.4" "tqdm>=4.66" "av>=12" "pillow>=10" \
-	"ninja>=1.11" "pytest>=8" "pytest-benchmark>=4" "triton==$(TRITON_VERSION)"
+	"ninja>=1.11" "pytest>=8" "pytest-benchmark>=4" "triton==$(TRITON_VERSION)" \
+	"transformers==5.23.0" "sentencepiece==0.2.3"
 
 # Persistent caches inside the checkout (cold C++ builds take ~30-60 s on 2 cores); no ccache.
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/build/torch_extensions
@@ -48,7 +49,7 @@ venv: $(VENV_STAMP)
 
 # The editable install registers the package, its deps and the liveavatar-rt script; the
 # extension is built by `make build`, in place, where the editable install finds it.
-$(VENV_STAMP): setup.py
+$(VENV_STAMP): setup.py Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --disable-pip-version-check "torch==$(TORCH_VERSION)"
 	$(PIP) install --disable-pip-version-check $(DEPS)

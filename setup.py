@@ -78,7 +78,9 @@ setup(
     ],
     extras_require={
         "gpu": ["triton==3.7.1", "flash-attn"],
-        "test": ["pytest", "pytest-benchmark"],
+        "test": ["pytest", "pytest-benchmark", "transformers==5.23.0", "sentencepiece==0.2.3"],
+        # the 14B front ends: umT5 tokenizer and wav2vec2 (published layout directories)
+        "published": ["transformers>=4.51", "sentencepiece"],
     },
     entry_points={"console_scripts": ["liveavatar-rt = liveavatar_rt.cli:main"]},
     zip_safe=False,

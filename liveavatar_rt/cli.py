@@ -56,7 +56,7 @@ def generate(args: argparse.Namespace) -> int:
     print(f"model {args.model} loaded in {load_s:.2f} s; audio {seconds:.2f} s at {rate} Hz", file=sys.stderr)
     t_start = time.perf_counter()
     n_frames, first = 0, None
-    with pipe.session(args.image, seed=args.seed) as sess:
+    with pipe.session(args.image, prompt=args.prompt, seed=args.seed) as sess:
         sess.push_audio(pcm, rate)
         sess.end_audio()
         total = sess.audio.total_blocks
@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--audio", required=True, help="speech audio file (wav/mp3/flac/m4a/...)")
     g.add_argument("--out", required=True, help="output .mp4 path")
     g.add_argument("--model", default="tiny", help="'tiny' or a published-layout model directory")
+    g.add_argument("--prompt", default=None, help="text prompt (models with a umT5 encoder; not the tiny preset)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default="cpu")
     g.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,14 @@ from .positions import PositionPolicy
 from .session import Session
 
 PACKAGED_WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
+# The published layout: the Wan2.2-S2V-14B folder plus the Live Avatar LoRA file.
+PUBLISHED_FILES = {
+    "Live Avatar LoRA": "liveavatar.safetensors",
+    "Wan2.1 VAE": "Wan2.1_VAE.pth",
+    "umT5 encoder": "models_t5_umt5-xxl-enc-bf16.pth",
+    "umT5 tokenizer folder": "google/umt5-xxl",
+    "wav2vec2 folder": "wav2vec2-large-xlsr-53-english",
+}
 # The placeholder tiny default: the golden-fixture DiT sizes and a small Wan2.1-layout VAE.
 TINY_VAE = VAEConfig(dim=8)
 TINY_MAX_AREA = 128 * 128
@@ -46,8 +55,11 @@ class Video:
 
 class Pipeline:
     def __init__(self, model: CausalWanS2V, vae: WanVAE, stream: StreamConfig = StreamConfig(),
-                 max_area: int = TINY_MAX_AREA, default_text: torch.Tensor | None = None, note: str = ""):
+                 max_area: int = TINY_MAX_AREA, default_text: torch.Tensor | None = None, note: str = "",
+                 text_encoder=None, audio_features=None):
         self.model, self.vae, self.stream, self.max_area = model, vae, stream, max_area
+        self.text_encoder = text_encoder  # prompt -> [Lt, 4096]; None: the model takes prompt_embeds only
+        self.audio_features = audio_features  # pcm16k -> [layers, dim, T50] (wav2vec2); None: streaming log-mel
         self.dtype = model.ops.dtype
         self.default_text = default_text if default_text is not None else torch.zeros(1, model.cfg.text_dim, dtype=self.dtype)
         self.note = note  # shown to users (e.g. "random weights")
@@ -72,37 +84,64 @@ class Pipeline:
             if not quiet:
                 print(f"liveavatar_rt: {note}", file=sys.stderr)
             return cls(model, vae, max_area=TINY_MAX_AREA, note=note)
-        return cls._from_directory(Path(name_or_path), ops, device, dtype)
+        return cls._from_directory(Path(name_or_path), ops, device, dtype, quiet)
 
     @classmethod
-    def _from_directory(cls, root: Path, ops: OpTable, device: str, dtype: torch.dtype) -> "Pipeline":
+    def _from_directory(cls, root: Path, ops: OpTable, device: str, dtype: torch.dtype, quiet: bool) -> "Pipeline":
+        """DiT (config.json + shards or one file), LoRA, VAE, umT5 + tokenizer, wav2vec2: every
+        missing file is named before anything heavy is loaded."""
+        from ..audio import Wav2VecFeatures
         from ..io import load_dit, published_config
-        from ..io.vae_loading import load_vae
+        from ..io.text import TextEncoder, infer_umt5_config
+        from ..io.vae_loading import load_vae, read_vae_state_dict
 
         if not root.is_dir():
             raise FileNotFoundError(f"model directory {str(root)!r} does not exist (or use 'tiny')")
         cfg = published_config(root)
         if cfg is None:
             raise FileNotFoundError(f"{root} has no config.json (the DiT's diffusers config)")
-        need = {"Live Avatar LoRA": root / "liveavatar.safetensors", "Wan2.1 VAE": root / "Wan2.1_VAE.pth"}
-        missing = [f"{what}: {p.name}" for what, p in need.items() if not p.is_file()]
+        paths = {what: root / name for what, name in PUBLISHED_FILES.items()}
+        missing = [f"{what}: {p.relative_to(root)}" for what, p in paths.items() if not p.exists()]
         if missing:
             raise FileNotFoundError(f"{root} is missing {missing}")
-        model = load_dit(root, cfg, dtype=dtype, device=device, lora=need["Live Avatar LoRA"], ops=ops)
-        vae = load_vae(need["Wan2.1 VAE"], VAEConfig(), dtype, device, ops=ops)
-        return cls(model, vae, max_area=PUBLISHED_MAX_AREA)
+        t0 = time.perf_counter()
+        model = load_dit(root, cfg, dtype=dtype, device=device, lora=paths["Live Avatar LoRA"], ops=ops)
+        vae_sd = read_vae_state_dict(paths["Wan2.1 VAE"])
+        vae_cfg = VAEConfig(dim=vae_sd["encoder.conv1.weight"].shape[0])  # 96 for the published VAE
+        del vae_sd
+        vae = load_vae(paths["Wan2.1 VAE"], vae_cfg, dtype, device, ops=ops)
+        text = TextEncoder((paths["umT5 encoder"], paths["umT5 tokenizer folder"]), dtype, device,
+                           config=infer_umt5_config(paths["umT5 encoder"], cfg.text_len), ops=ops)
+        audio = Wav2VecFeatures(paths["wav2vec2 folder"], device=device, dtype=dtype)
+        if not quiet:
+            print(f"liveavatar_rt: loaded {root} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        return cls(model, vae, max_area=PUBLISHED_MAX_AREA, text_encoder=text, audio_features=audio)
 
     def new_audio_stream(self):
         from ..audio import AudioStream, LogMelFeatures
+        from ..audio.offline import OfflineAudioStream
 
+        if self.audio_features is not None:
+            return OfflineAudioStream(self.audio_features, 4 * self.stream.frames_per_block, self.stream.fps,
+                                      self.stream.blocks_per_clip)
         cfg = self.model.cfg
         return AudioStream(LogMelFeatures(n_mels=cfg.audio_dim, layers=cfg.audio_layers),
                            frames_per_block=4 * self.stream.frames_per_block, fps=self.stream.fps)
 
-    def session(self, image, prompt_embeds: torch.Tensor | None = None, seed: int = 0, sink_replacement: bool = True,
-                positions: PositionPolicy | None = None, sink_offset: int | None = None) -> Session:
+    def session(self, image, prompt: str | None = None, prompt_embeds: torch.Tensor | None = None, seed: int = 0,
+                sink_replacement: bool = True, positions: PositionPolicy | None = None,
+                sink_offset: int | None = None) -> Session:
         """Open a streaming session. image: path, PIL image or uint8 array [H, W, 3].
-        prompt_embeds: [Lt, 4096] text-encoder output (the tiny preset needs none)."""
+        prompt: text, encoded by the model's umT5 (published layout); prompt_embeds: [Lt, 4096]
+        precomputed encoder output instead. The tiny preset has no text model: it takes
+        prompt_embeds or nothing."""
+        if prompt is not None and prompt_embeds is not None:
+            raise ValueError("pass prompt or prompt_embeds, not both")
+        if prompt is not None:
+            if self.text_encoder is None:
+                raise ValueError("this model has no text encoder (the tiny preset): pass prompt_embeds "
+                                 "[Lt, 4096] or no prompt")
+            prompt_embeds = self.text_encoder(prompt)
         text = self.default_text if prompt_embeds is None else prompt_embeds
         return Session(self, image, text.to(self.dtype), seed=seed, sink_replacement=sink_replacement,
                        positions=positions, sink_offset=sink_offset)
