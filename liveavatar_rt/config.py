@@ -7,7 +7,7 @@ Presets: `s2v-14b` (the published sizes) and `tiny` (~2M parameters, golden-fixt
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 

@@ -4,7 +4,6 @@ tokenizer folder, wav2vec2 folder. Needs transformers + sentencepiece (test depe
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 from pathlib import Path
 
@@ -24,10 +23,10 @@ UMT5 = dataclasses.replace(UMT5Config.preset("umt5-tiny"), dim=4096, dim_attn=64
 
 
 def build(root: Path, seed: int = 0) -> Path:
-    import sentencepiece as spm
     import transformers as tf
 
-    from tests.model.test_t5 import SENTENCES, random_state_dict
+    from tests.model.test_t5 import random_state_dict
+    from tests.t5_fixtures import train_tokenizer
 
     root.mkdir(parents=True, exist_ok=True)
     dit = init_random_(CausalWanS2V(DIT, OpTable("cpu", torch.float32)), seed=seed)
@@ -54,13 +53,7 @@ def build(root: Path, seed: int = 0) -> Path:
     vae = WanVAE(VAEConfig(dim=8), dtype=torch.float32).init_random_(seed)
     torch.save({k: v.clone() for k, v in vae.state_dict().items()}, root / "Wan2.1_VAE.pth")
     torch.save({k: v.bfloat16() for k, v in random_state_dict(UMT5, seed).items()}, root / "models_t5_umt5-xxl-enc-bf16.pth")
-    buf = io.BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(SENTENCES), model_writer=buf, vocab_size=100,
-                                   model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
-                                   hard_vocab_limit=False, minloglevel=2)
-    sp = spm.SentencePieceProcessor(model_proto=buf.getvalue())
-    vocab = [(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())]
-    tf.T5Tokenizer(vocab=vocab, extra_ids=0).save_pretrained(str(root / "google" / "umt5-xxl"))
+    train_tokenizer(root / "google" / "umt5-xxl")
     w2v = tf.Wav2Vec2Config(hidden_size=DIT.audio_dim, num_hidden_layers=DIT.audio_layers - 1, num_attention_heads=2,
                             intermediate_size=48, conv_dim=(16,) * 7, vocab_size=32, num_conv_pos_embeddings=16,
                             num_conv_pos_embedding_groups=2, do_stable_layer_norm=True, feat_extract_norm="layer")

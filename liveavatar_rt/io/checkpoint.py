@@ -16,6 +16,7 @@ from safetensors import safe_open
 from ..config import ModelConfig
 from ..model import CausalWanS2V
 from ..ops import OpTable
+from .fill import fill_module
 from .lora import merge_lora_weight, parse_lora
 
 
@@ -65,42 +66,16 @@ def load_dit(path: str | os.PathLike, cfg: ModelConfig, dtype: torch.dtype = tor
     """
     ops = ops if ops is not None else OpTable(device, dtype)
     model = CausalWanS2V(cfg, ops)
-    expected = dict(model.named_parameters())
+    expected = {k for k, _ in model.named_parameters()}
     loras = parse_lora(read_safetensors(lora) if isinstance(lora, (str, os.PathLike)) else lora) if lora else {}
-    unknown_lora = sorted(set(loras) - set(expected))
+    unknown_lora = sorted(set(loras) - expected)
     if unknown_lora:
         raise KeyError(f"LoRA targets {len(unknown_lora)} weights the model does not have: {unknown_lora[:8]}")
-    seen, unexpected, mismatched = set(), [], []
-    for key, t in iter_tensors(dit_shards(path)):
-        param = expected.get(key)
-        if param is None:
-            unexpected.append(key)
-            continue
-        if tuple(t.shape) != tuple(param.shape):
-            mismatched.append(f"{key}: checkpoint {tuple(t.shape)} vs model {tuple(param.shape)}")
-            continue
+    def convert(key: str, t: torch.Tensor) -> torch.Tensor:
         t = t.to(device=device, dtype=dtype)
-        if key in loras:
-            t = merge_lora_weight(t, *loras[key], lora_scale, key)
-        _assign(model, key, t)
-        seen.add(key)
-    missing = sorted(set(expected) - seen)
-    problems = []
-    if missing:
-        problems.append(f"missing keys ({len(missing)}): {missing[:12]}")
-    if unexpected:
-        problems.append(f"unexpected keys ({len(unexpected)}): {sorted(unexpected)[:12]}")
-    if mismatched:
-        problems.append(f"shape mismatches ({len(mismatched)}): {mismatched[:12]}")
-    if problems:
-        raise ValueError(f"checkpoint {path} does not fit the model {cfg}:\n  " + "\n  ".join(problems))
-    return model.eval().requires_grad_(False)
+        return merge_lora_weight(t, *loras[key], lora_scale, key) if key in loras else t
 
-
-def _assign(model: torch.nn.Module, key: str, t: torch.Tensor) -> None:
-    mod_name, _, attr = key.rpartition(".")
-    mod = model.get_submodule(mod_name)
-    setattr(mod, attr, torch.nn.Parameter(t, requires_grad=False))
+    return fill_module(model, iter_tensors(dit_shards(path)), convert, f"checkpoint {path} does not fit the model {cfg}")
 
 
 def published_config(path: str | os.PathLike) -> ModelConfig | None:

@@ -20,6 +20,7 @@ import torch
 
 from ..model.t5 import UMT5Config, UMT5Encoder
 from ..ops import OpTable
+from .fill import fill_module
 
 log = logging.getLogger(__name__)
 
@@ -63,34 +64,14 @@ def load_umt5(pth_path: str | os.PathLike, config: UMT5Config | str | None = Non
     cfg = _config(config)
     ops = ops if ops is not None else OpTable(device, dtype)
     model = UMT5Encoder(cfg, ops)
-    expected = dict(model.named_parameters())
     sd = _read_state_dict(path)
-    seen, unexpected, mismatched = set(), [], []
-    for key in list(sd):
-        t = sd.pop(key)  # drop the file-backed reference as soon as it is consumed
-        param = expected.get(key)
-        if param is None:
-            unexpected.append(key)
-            continue
-        if tuple(t.shape) != tuple(param.shape):
-            mismatched.append(f"{key}: checkpoint {tuple(t.shape)} vs model {tuple(param.shape)}")
-            seen.add(key)  # present, reported as a mismatch rather than as missing
-            continue
-        mod_name, _, attr = key.rpartition(".")
-        setattr(model.get_submodule(mod_name), attr,
-                torch.nn.Parameter(t.to(device=device, dtype=dtype), requires_grad=False))
-        seen.add(key)
-    missing = sorted(set(expected) - seen)
-    problems = []
-    if missing:
-        problems.append(f"missing keys ({len(missing)}): {missing[:12]}")
-    if unexpected:
-        problems.append(f"unexpected keys ({len(unexpected)}): {sorted(unexpected)[:12]}")
-    if mismatched:
-        problems.append(f"shape mismatches ({len(mismatched)}): {mismatched[:12]}")
-    if problems:
-        raise ValueError(f"umT5 checkpoint {path} does not fit the encoder {cfg}:\n  " + "\n  ".join(problems))
-    return model.eval().requires_grad_(False)
+
+    def drain():  # drop each file-backed reference as soon as it is consumed
+        for key in list(sd):
+            yield key, sd.pop(key)
+
+    return fill_module(model, drain(), lambda key, t: t.to(device=device, dtype=dtype),
+                       f"umT5 checkpoint {path} does not fit the encoder {cfg}")
 
 
 # ---- tokenizer --------------------------------------------------------------------------------

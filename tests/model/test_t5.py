@@ -3,7 +3,6 @@ loading and its errors, the tokenizer (a tiny sentencepiece model trained here) 
 prompt -> embedding TextEncoder. Nothing is downloaded."""
 from __future__ import annotations
 
-import io
 import sys
 
 import pytest
@@ -12,6 +11,7 @@ import torch
 from liveavatar_rt.io.text import CHECKPOINT_NAME, TOKENIZER_SUBDIR, TextEncoder, Tokenizer, clean_prompt, load_umt5
 from liveavatar_rt.model.t5 import UMT5Config, UMT5Encoder, _fp16_clamp, relative_buckets
 from liveavatar_rt.ops import OpTable
+from tests.t5_fixtures import train_tokenizer
 from tests.tolerances import assert_close_rel
 
 TINY = UMT5Config.preset("umt5-tiny")
@@ -240,30 +240,17 @@ def test_load_umt5_errors(tiny_pth, tmp_path):
 
 
 # ---- tokenizer -----------------------------------------------------------------------------
-SENTENCES = [
-    "A woman is talking to the camera in a bright room.", "The man smiles and nods slowly while speaking.",
-    "Soft light falls on her face; she laughs quietly.", "He looks at the viewer and says hello to everyone.",
-    "A portrait of a person speaking clearly, with natural head motion.",
-    "Zebras jump over quick brown foxes; five boxing wizards vex Jack.", "Pack my box with twelve dozen liquor jugs!",
-    "Cinematic close-up, warm colours, shallow depth of field, 4k video.", "Une femme parle doucement à la caméra.",
-]
 
 
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory):
     """A ~100-piece unigram sentencepiece model (T5 ids: pad 0, </s> 1, unk 2) saved as a
     transformers T5 tokenizer folder."""
-    spm = pytest.importorskip("sentencepiece", reason="training the test tokenizer needs sentencepiece")
-    tf = pytest.importorskip("transformers", reason="the Tokenizer wraps a transformers tokenizer")
-    buf = io.BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(SENTENCES), model_writer=buf, vocab_size=100,
-                                   model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
-                                   hard_vocab_limit=False, minloglevel=2)
-    sp = spm.SentencePieceProcessor(model_proto=buf.getvalue())
-    vocab = [(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())]
+    pytest.importorskip("sentencepiece", reason="training the test tokenizer needs sentencepiece")
+    pytest.importorskip("transformers", reason="the Tokenizer wraps a transformers tokenizer")
     folder = tmp_path_factory.mktemp("ckpt")
     tok_dir = folder / TOKENIZER_SUBDIR
-    tf.T5Tokenizer(vocab=vocab, extra_ids=0).save_pretrained(str(tok_dir))
+    sp = train_tokenizer(tok_dir)
     return folder, tok_dir, sp
 
 
