@@ -5,7 +5,6 @@ import threading
 
 import numpy as np
 import pytest
-import torch
 
 from liveavatar_rt.engine import Pipeline, SessionClosed
 from liveavatar_rt.io.image import ImageError
