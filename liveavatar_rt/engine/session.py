@@ -30,6 +30,23 @@ class Block:
     video: np.ndarray  # uint8 [n, H, W, 3]; n = 12 (9 for the very first block)
     audio: np.ndarray  # float32 PCM at the pipeline's audio rate, exactly the span of `video`
     timings: dict = field(default_factory=dict)  # seconds per stage
+    latent: torch.Tensor | None = None  # the clean block latent [1, 16, F, h, w] (compute dtype)
+
+
+def clip_noise(seed: int, clip: int, frames: int, h: int, w: int, dtype: torch.dtype) -> torch.Tensor:
+    """Published noise: one CPU draw per clip, [16, frames, h, w], seeded by seed + clip index."""
+    return torch.randn(16, frames, h, w, dtype=dtype, generator=torch.Generator().manual_seed(seed + clip))
+
+
+def to_uint8(video: torch.Tensor) -> torch.Tensor:
+    """Decoded video [3, T, H, W] in [-1, 1] -> uint8 frames [T, H, W, 3]."""
+    return ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0)
+
+
+def drop_stream_start(frames: np.ndarray, pcm: np.ndarray, frames_per_block: int) -> tuple[np.ndarray, np.ndarray]:
+    """Published: the first 3 decoded frames of a stream (and their audio) are dropped."""
+    drop = frames.shape[0] - (frames_per_block * 4 - 3)
+    return frames[drop:], pcm[drop * len(pcm) // (frames_per_block * 4):]
 
 
 class SessionClosed(RuntimeError):
@@ -120,9 +137,7 @@ class Session:
         clip, k = divmod(n, s.blocks_per_clip)
         if self._clip_noise is None or self._clip_noise[0] != clip:
             h, w = self.ref_latent.shape[-2:]
-            g = torch.Generator().manual_seed(self.seed + clip)
-            noise = torch.randn(16, s.frames_per_block * s.blocks_per_clip, h, w, dtype=self.pipe.dtype, generator=g)
-            self._clip_noise = (clip, noise)
+            self._clip_noise = (clip, clip_noise(self.seed, clip, s.frames_per_block * s.blocks_per_clip, h, w, self.pipe.dtype))
         F = s.frames_per_block
         return self._clip_noise[1][None, :, k * F:(k + 1) * F]
 
@@ -143,16 +158,13 @@ class Session:
         t = time.perf_counter()
         video = self.decoder.decode(latent[0].float())  # [3, 12, H, W] after the warm-up
         timings["vae_decode"] = time.perf_counter() - t
-        frames = ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).numpy()
+        frames = to_uint8(video).numpy()
         pcm = self.audio.block_pcm(n)
         if n == 0:
-            # published: the first 3 decoded frames of the stream are dropped (and their audio)
-            drop = frames.shape[0] - (s.frames_per_block * 4 - 3)
-            frames = frames[drop:]
-            pcm = pcm[drop * len(pcm) // (s.frames_per_block * 4):]
+            frames, pcm = drop_stream_start(frames, pcm, s.frames_per_block)
         self.audio.release(n)
         timings["total"] = time.perf_counter() - t0
-        return Block(n, np.ascontiguousarray(frames), pcm, timings)
+        return Block(n, np.ascontiguousarray(frames), pcm, timings, latent)
 
     # ---- lifecycle ----------------------------------------------------------------------
     def _check_open(self) -> None:

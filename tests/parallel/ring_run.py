@@ -1,0 +1,93 @@
+"""Run TPP sessions in a fresh process (this process = rank 0), for tests/parallel.
+
+    python -m tests.parallel.ring_run --layout 4+1 --out result.npz [--seeds 3,4]
+        [--cancel-first-after 2] [--fault-rank 2 --fault-block 2 --fault-mode exit|hang]
+
+Writes each session's frames and block latents into `--out` (npz) and the error text (if any),
+each rank's pid / exit code / report and timings into `--out`.json, so that a test can run it
+under a hard timeout in its own process group.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+import torch
+
+SR = 16000
+
+
+def face() -> np.ndarray:
+    y, x = np.mgrid[0:96, 0:80]
+    return np.stack([(x * 3) % 256, (y * 2) % 256, ((x + y) * 5) % 256], -1).astype(np.uint8)
+
+
+def speech(seconds: float, seed: int = 0) -> np.ndarray:
+    g = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SR)) / SR
+    return (0.3 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 3 * t))
+            + 0.02 * g.standard_normal(t.size)).astype(np.float32)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--layout", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--seconds", type=float, default=2.2)
+    p.add_argument("--seeds", default="3")
+    p.add_argument("--dtype", default="bf16")
+    p.add_argument("--timeout", type=float, default=20.0)
+    p.add_argument("--cancel-first-after", type=int, default=-1)
+    p.add_argument("--fault-rank", type=int, default=-1)
+    p.add_argument("--fault-block", type=int, default=-1)
+    p.add_argument("--fault-mode", default="exit")
+    p.add_argument("--start-method", default="fork")
+    a = p.parse_args()
+    torch.set_num_threads(1)  # before any parallel region: the ring forks
+    from liveavatar_rt.parallel import spawn_local
+
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[a.dtype]
+    fault = {"rank": a.fault_rank, "after_block": a.fault_block, "mode": a.fault_mode} if a.fault_rank >= 0 else None
+    info = {"error": "", "front_pid": os.getpid(), "sessions": []}
+    arrays = {}
+    t0 = time.monotonic()
+    ring = spawn_local(a.layout, model="tiny", seed=0, dtype=dtype, max_area=64 * 64, timeout=a.timeout,
+                       fault=fault, start_method=a.start_method)
+    info["pids"] = {r: pr.pid for r, pr in ring.procs.items()}
+    info["ring_up_s"] = time.monotonic() - t0
+    t1 = time.monotonic()
+    try:
+        if a.cancel_first_after >= 0:
+            with ring.session(face(), seed=99) as sess:
+                sess.push_audio(speech(4.0, seed=1), SR)
+                for block in sess.frames(timeout=120):
+                    if block.index + 1 >= a.cancel_first_after:
+                        break  # close() in __exit__ cancels the rest on every rank
+            info["cancelled_s"] = time.monotonic() - t1
+        for i, seed in enumerate(int(s) for s in a.seeds.split(",")):
+            frames = []
+            with ring.session(face(), seed=seed, keep_latents=True) as sess:
+                sess.push_audio(speech(a.seconds), SR)
+                sess.end_audio()
+                for block in sess.frames(timeout=120):
+                    frames.append(block.video)
+            arrays[f"frames_{i}"] = np.concatenate(frames)
+            arrays[f"latents_{i}"] = torch.cat(sess.latents).float().numpy()
+            info["sessions"].append(sess.stats)
+    except Exception as exc:  # the failure tests check the text
+        info["error"] = f"{type(exc).__name__}: {exc}"
+        info["failed_after_s"] = time.monotonic() - t1
+    finally:
+        ring.close()
+    info["reports"] = {r: {k: rep.get(k) for k in ("ok", "error", "exitcode")} for r, rep in ring.reports.items()}
+    info["total_s"] = time.monotonic() - t0
+    np.savez(a.out, **arrays)
+    with open(a.out + ".json", "w") as f:
+        json.dump(info, f)
+
+
+if __name__ == "__main__":
+    main()

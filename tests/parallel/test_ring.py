@@ -1,0 +1,78 @@
+"""TPP ring == single process, bit for bit; failures end every rank with a clear error.
+
+Each ring runs in its own process group (tests/parallel/ring_run.py: that process is rank 0, its
+children the other ranks, gloo on 127.0.0.1) under a hard timeout; after it, no process of the
+group may be left. Audio of 2.2 s = 5 blocks: crosses the clip boundary, so the sink latent
+travels from the VAE rank and every DiT rank re-runs the prefill before block 4.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .conftest import run_ring
+
+
+def assert_identical(info, arrays, single_process, dtype: str, seeds):
+    assert info["error"] == "", info["error"]
+    for i, seed in enumerate(seeds):
+        frames, latents = single_process(dtype, seed)
+        got_f, got_l = arrays[f"frames_{i}"], arrays[f"latents_{i}"]
+        assert got_f.dtype == np.uint8 and got_f.shape == frames.shape == (57, 64, 64, 3)
+        assert got_l.shape == latents.shape == (5, 16, 3, 8, 8)
+        assert np.array_equal(got_l, latents), f"seed {seed}: block latents differ from the single process"
+        assert np.array_equal(got_f, frames), f"seed {seed}: frames differ from Pipeline.generate"
+    assert all(rep["ok"] and rep["exitcode"] == 0 for rep in info["reports"].values()), info["reports"]
+
+
+def test_4_dit_ranks_plus_vae_rank_equal_single_process(tmp_path, single_process):
+    info, arrays, _, seconds = run_ring(tmp_path, "4+1")
+    assert len(info["reports"]) == 4
+    assert_identical(info, arrays, single_process, "bf16", [3])
+    print(f"4+1: ring up {info['ring_up_s']:.1f} s, run {seconds:.1f} s")
+
+
+def test_2_dit_ranks_plus_vae_two_sessions_after_a_cancelled_one(tmp_path, single_process):
+    """3 processes; a first session is cancelled after 2 blocks (every rank ends it cleanly),
+    then two full sessions with other seeds run on the same ring."""
+    info, arrays, _, _ = run_ring(tmp_path, "2+1", "--seeds", "3,4", "--cancel-first-after", "2")
+    assert_identical(info, arrays, single_process, "bf16", [3, 4])
+
+
+def test_vae_on_the_last_dit_rank(tmp_path, single_process):
+    info, arrays, _, _ = run_ring(tmp_path, "2")  # rank 1 runs steps 2, 3 and the VAE
+    assert len(info["reports"]) == 1
+    assert_identical(info, arrays, single_process, "bf16", [3])
+
+
+def test_fp32_one_dit_rank_plus_vae(tmp_path, single_process):
+    info, arrays, _, _ = run_ring(tmp_path, "1+1", "--dtype", "fp32")
+    assert_identical(info, arrays, single_process, "fp32", [3])
+
+
+def test_a_dit_rank_that_dies_ends_every_rank_with_a_clear_error(tmp_path):
+    """Rank 2 (step 2 of 4+1) exits after block 2: the front raises at once (its connection to
+    rank 2 closes), aborts the others, and every process of the ring is gone."""
+    timeout = 5.0
+    info, _, text, _ = run_ring(tmp_path, "4+1", "--fault-rank", "2", "--fault-block", "2", "--timeout", str(timeout))
+    assert "lost rank 2" in info["error"] and "exited or crashed" in info["error"], info["error"]
+    assert info["failed_after_s"] < timeout + 5
+    reps = info["reports"]
+    assert reps["2"]["exitcode"] == 17  # the test fault
+    for r in ("1", "3", "4"):
+        assert reps[r]["exitcode"] == 1 and not reps[r]["ok"], reps
+        assert reps[r]["error"].startswith(f"rank {r}"), reps[r]
+        assert "aborted by rank 0 (rank 2 failed)" in reps[r]["error"] or "lost rank" in reps[r]["error"], reps[r]
+
+
+def test_a_stalled_rank_times_out_and_every_rank_ends(tmp_path):
+    """Rank 2 hangs (alive, never sends) after block 2: the front's watchdog times out, aborts
+    every rank; the stalled one is ended by its abort watchdog thread."""
+    timeout = 3.0
+    info, _, _, _ = run_ring(tmp_path, "4+1", "--fault-rank", "2", "--fault-block", "2", "--fault-mode", "hang",
+                             "--timeout", str(timeout))
+    assert "no frames from rank 4 within 3 s" in info["error"] and "a rank stalled" in info["error"], info["error"]
+    assert info["failed_after_s"] < 3 * timeout + 5
+    reps = info["reports"]
+    for r in ("1", "2", "3", "4"):
+        assert reps[r]["exitcode"] == 1 and "aborted by rank 0 (the pipeline stalled" in reps[r]["error"], reps
+    assert "while its main thread was busy" in reps["2"]["error"]
