@@ -47,6 +47,13 @@ def generate(args: argparse.Namespace) -> int:
     from .io.audio_file import read_audio
     from .io.video import Mp4Writer
 
+    if args.tpp:
+        if args.prompt is not None:
+            raise SystemExit("--prompt is not supported with --tpp yet")
+        from .parallel.__main__ import main as tpp_main
+
+        return tpp_main(["--layout", args.tpp, "--image", args.image, "--audio", args.audio, "--out", args.out,
+                         "--model", args.model, "--seed", str(args.seed), "--dtype", args.dtype])
     t0 = time.perf_counter()
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     pipe = Pipeline.from_pretrained(args.model, device=args.device, dtype=dtype, seed=args.seed)
@@ -92,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default="cpu")
     g.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
+    g.add_argument("--tpp", default=None, metavar="LAYOUT",
+                   help="timestep-forcing pipeline parallelism over local processes: '4+1' (4 DiT ranks + "
+                        "a VAE rank), '2+1', '1+1', or 'R' (VAE on the last DiT rank)")
     g.set_defaults(fn=generate)
     args = parser.parse_args(argv)
     return args.fn(args)

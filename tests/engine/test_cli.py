@@ -32,3 +32,14 @@ def test_generate_writes_a_playable_mp4(tmp_path, capsys):
     assert abs(info["audio_duration"] - 33 / 25) < 0.05
     text = capsys.readouterr().out
     assert "time to first frame" in text and "random weights" in text
+
+
+def test_generate_tpp_delegates_to_the_ring_launcher(monkeypatch):
+    import liveavatar_rt.parallel.__main__ as tpp
+
+    seen = {}
+    monkeypatch.setattr(tpp, "main", lambda argv: seen.setdefault("argv", argv) and 0)
+    assert main(["generate", "--tpp", "2+1", "--image", "a.png", "--audio", "b.wav", "--out", "c.mp4", "--seed", "7"]) == 0
+    argv = seen["argv"]
+    assert argv[argv.index("--layout") + 1] == "2+1" and argv[argv.index("--seed") + 1] == "7"
+    assert argv[argv.index("--image") + 1] == "a.png" and argv[argv.index("--out") + 1] == "c.mp4"
