@@ -10,6 +10,23 @@
 
 #include "ops.h"
 
+#include <tuple>
+
+// Kernels of csrc/cpu/rolling_attention.cpp and csrc/cpu/qk_norm_rope.cpp (declared here, next
+// to their schemas; csrc/tests/test_cpu_kernels.cpp declares them the same way).
+namespace liveavatar_rt {
+at::Tensor rolling_attention_cpu(const at::Tensor& q, const at::Tensor& ring_k, const at::Tensor& ring_v,
+                                 int64_t valid, const at::Tensor& cond_k, const at::Tensor& cond_v,
+                                 const at::Tensor& cond_cos, const at::Tensor& cond_sin);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> qk_norm_rope_cpu(const at::Tensor& q, const at::Tensor& k,
+                                                                const at::Tensor& wq, const at::Tensor& wk,
+                                                                double eps, const at::Tensor& cos,
+                                                                const at::Tensor& sin, int64_t num_heads);
+void qk_norm_rope_out_cpu(at::Tensor& q_rot, at::Tensor& k_rot, at::Tensor& k_normed, const at::Tensor& q,
+                          const at::Tensor& k, const at::Tensor& wq, const at::Tensor& wk, double eps,
+                          const at::Tensor& cos, const at::Tensor& sin);
+}  // namespace liveavatar_rt
+
 TORCH_LIBRARY(liveavatar_rt, m) {
   // WanRMSNorm over the last dim, as liveavatar_rt/ops/norm.py::rms_norm: fp32 statistic, the
   // normalised value rounded to x's dtype, then times weight.to(x.dtype) in x's dtype.
@@ -24,6 +41,23 @@ TORCH_LIBRARY(liveavatar_rt, m) {
   m.def("modulate(Tensor x_norm, Tensor shift, Tensor scale, ScalarType out_dtype) -> Tensor");
   // Out-variant of modulate: writes into `out` (contiguous [B, L, C]); out's dtype is out_dtype.
   m.def("modulate_out(Tensor! out, Tensor x_norm, Tensor shift, Tensor scale) -> ()");
+  // One streaming block's attention over [ring cache ; conditioning], as
+  // liveavatar_rt/ops/rolling_attention.py: keys = [ring_k[:, :valid] ; rope(cond_k, cos, sin)],
+  // values = [ring_v[:, :valid] ; cond_v], exact softmax with fp32 softmax and accumulation,
+  // scale 1/sqrt(D). q: [B, Lq, H, D] (rotated), ring_k/ring_v: [B, cap, H, D], cond_k/cond_v:
+  // [B, Lc, H, D] (cond_k un-rotated), all fp32|bf16 of one dtype with a contiguous last dim
+  // (other dims any stride); cond_cos/cond_sin: fp32 [Lc, D/2] -> [B, Lq, H, D] contiguous.
+  m.def("rolling_attention(Tensor q, Tensor ring_k, Tensor ring_v, int valid, Tensor cond_k, Tensor cond_v, "
+        "Tensor cond_cos, Tensor cond_sin) -> Tensor");
+  // RMSNorm of q and k over C then RoPE per head, as liveavatar_rt/ops/qk_norm_rope.py.
+  // q, k: [B, L, C] fp32|bf16, wq, wk: [C], cos/sin: fp32 [L, D/2], D = C / num_heads
+  // -> (q_rot, k_rot, k_normed), each [B, L, H, D] contiguous in q's dtype.
+  m.def("qk_norm_rope(Tensor q, Tensor k, Tensor wq, Tensor wk, float eps, Tensor cos, Tensor sin, "
+        "int num_heads) -> (Tensor, Tensor, Tensor)");
+  // Out-variant of qk_norm_rope: outputs [B, L, H, D] of q's dtype with a contiguous last dim and
+  // any other strides (k_rot can be a ring-cache slot view); H is taken from their shape.
+  m.def("qk_norm_rope_out(Tensor! q_rot, Tensor! k_rot, Tensor! k_normed, Tensor q, Tensor k, Tensor wq, "
+        "Tensor wk, float eps, Tensor cos, Tensor sin) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(liveavatar_rt, CPU, m) {
@@ -31,6 +65,9 @@ TORCH_LIBRARY_IMPL(liveavatar_rt, CPU, m) {
   m.impl("rms_norm_out", &liveavatar_rt::rms_norm_out_cpu);
   m.impl("modulate", &liveavatar_rt::modulate_cpu);
   m.impl("modulate_out", &liveavatar_rt::modulate_out_cpu);
+  m.impl("rolling_attention", &liveavatar_rt::rolling_attention_cpu);
+  m.impl("qk_norm_rope", &liveavatar_rt::qk_norm_rope_cpu);
+  m.impl("qk_norm_rope_out", &liveavatar_rt::qk_norm_rope_out_cpu);
 }
 
 extern "C" {

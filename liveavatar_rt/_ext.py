@@ -43,6 +43,20 @@ def _register_fakes() -> None:
     def _modulate_out_fake(out, x_norm, shift, scale):
         return None
 
+    @torch.library.register_fake("liveavatar_rt::rolling_attention")
+    def _rolling_attention_fake(q, ring_k, ring_v, valid, cond_k, cond_v, cond_cos, cond_sin):
+        return torch.empty_like(q, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake("liveavatar_rt::qk_norm_rope")
+    def _qk_norm_rope_fake(q, k, wq, wk, eps, cos, sin, num_heads):
+        B, L, C = q.shape
+        shape = (B, L, num_heads, C // num_heads)
+        return q.new_empty(shape), q.new_empty(shape), q.new_empty(shape)
+
+    @torch.library.register_fake("liveavatar_rt::qk_norm_rope_out")
+    def _qk_norm_rope_out_fake(q_rot, k_rot, k_normed, q, k, wq, wk, eps, cos, sin):
+        return None
+
 
 def load() -> bool:
     """Import `liveavatar_rt._C` once; True when its ops are registered. Never raises."""

@@ -2,12 +2,31 @@
 // bit for bit, plus its input checks. Built and run by CMake/CTest (`make ctest`).
 #include <ATen/ATen.h>
 
+#include <algorithm>
+#include <array>
+#include <cmath>
 #include <cstdio>
+#include <tuple>
 #include <functional>
 #include <string>
 #include <vector>
 
 #include "ops.h"
+
+// csrc/cpu/rolling_attention.cpp and csrc/cpu/qk_norm_rope.cpp (declared as in torch_bindings.cpp).
+namespace liveavatar_rt {
+int64_t rolling_attention_best_isa();
+at::Tensor rolling_attention_cpu_isa(const at::Tensor& q, const at::Tensor& ring_k, const at::Tensor& ring_v,
+                                     int64_t valid, const at::Tensor& cond_k, const at::Tensor& cond_v,
+                                     const at::Tensor& cond_cos, const at::Tensor& cond_sin, int64_t isa);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> qk_norm_rope_cpu(const at::Tensor& q, const at::Tensor& k,
+                                                                const at::Tensor& wq, const at::Tensor& wk,
+                                                                double eps, const at::Tensor& cos,
+                                                                const at::Tensor& sin, int64_t num_heads);
+void qk_norm_rope_out_cpu(at::Tensor& q_rot, at::Tensor& k_rot, at::Tensor& k_normed, const at::Tensor& q,
+                          const at::Tensor& k, const at::Tensor& wq, const at::Tensor& wk, double eps,
+                          const at::Tensor& cos, const at::Tensor& sin);
+}  // namespace liveavatar_rt
 
 namespace {
 
@@ -46,6 +65,41 @@ void expect_throws(const std::function<void()>& fn, const std::string& needle, c
 }
 
 std::string name(at::ScalarType t) { return t == at::kBFloat16 ? "bf16" : "fp32"; }
+
+// |got - want| <= rel * |want| + atol * max(1, max |want|) elementwise; `want` is a float64
+// computation from the same (rounded) inputs. rel covers the output's rounding to its dtype.
+void expect_close(const at::Tensor& got, const at::Tensor& want, double rel, double atol, const std::string& what) {
+  if (got.sizes() != want.sizes()) {
+    report(false, what, "shape mismatch " + c10::str(got.sizes()) + " vs " + c10::str(want.sizes()));
+    return;
+  }
+  const auto w = want.to(at::kDouble);
+  const auto err = (got.to(at::kDouble) - w).abs();
+  const double scale = std::max(1.0, w.abs().max().item<double>());
+  const auto bad = err.gt(w.abs() * rel + atol * scale);
+  const int64_t n_bad = bad.sum().item<int64_t>();
+  report(n_bad == 0, what, n_bad == 0 ? "" : std::to_string(n_bad) + " outside tolerance, max |err| " +
+                                                 std::to_string(err.max().item<double>()));
+}
+
+// rope_apply in float64 on [B, L, H, D] with cos/sin [L, D/2], rounded to fp32 then x's dtype.
+at::Tensor rope_ref(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  const int64_t B = x.size(0), L = x.size(1), H = x.size(2), D = x.size(3);
+  const auto xd = x.to(at::kDouble).reshape({B, L, H, D / 2, 2});
+  const auto a = xd.select(-1, 0), b = xd.select(-1, 1);
+  const auto c = cos.to(at::kDouble).reshape({1, L, 1, D / 2}), s = sin.to(at::kDouble).reshape({1, L, 1, D / 2});
+  return at::stack({a * c - b * s, a * s + b * c}, -1).reshape({B, L, H, D}).to(at::kFloat).to(x.scalar_type());
+}
+
+// liveavatar_rt/ops/rolling_attention.py in float64 (before the output's rounding).
+at::Tensor rolling_attention_ref(const at::Tensor& q, const at::Tensor& rk, const at::Tensor& rv, int64_t valid,
+                                 const at::Tensor& ck, const at::Tensor& cv, const at::Tensor& cs,
+                                 const at::Tensor& sn) {
+  const auto keys = at::cat({rk.slice(1, 0, valid), rope_ref(ck, cs, sn)}, 1).to(at::kDouble);
+  const auto vals = at::cat({rv.slice(1, 0, valid), cv}, 1).to(at::kDouble);
+  const auto s = at::einsum("bqhd,bkhd->bhqk", {q.to(at::kDouble), keys}) / std::sqrt(double(q.size(3)));
+  return at::einsum("bhqk,bkhd->bqhd", {at::softmax(s, -1), vals});
+}
 
 // liveavatar_rt/ops/norm.py::rms_norm
 at::Tensor rms_norm_ref(const at::Tensor& x, const at::Tensor& w, double eps) {
@@ -133,6 +187,104 @@ void test_modulate() {
                 "out_dtype must be float32 or bfloat16", "modulate rejects fp16 out");
 }
 
+void test_rolling_attention() {
+  struct Case {
+    int64_t B, Lq, H, D, cap, valid, Lc;
+    const char* what;
+  };
+  const std::vector<Case> cases = {
+      {1, 96, 2, 64, 384, 384, 80, "tiny"},       {1, 40, 4, 128, 160, 120, 100, "14B head dim"},
+      {2, 5, 3, 48, 20, 7, 9, "odd, valid < cap"}, {1, 1, 2, 64, 16, 16, 0, "Lq 1, no cond"},
+      {1, 3, 1, 40, 8, 0, 5, "cond only, D 40"},
+  };
+  const int64_t best = liveavatar_rt::rolling_attention_best_isa();
+  report(best >= 0 && best <= 2, "rolling_attention_best_isa() = " + std::to_string(best));
+  for (auto dtype : {at::kFloat, at::kBFloat16}) {
+    for (const Case& c : cases) {
+      const auto q = at::randn({c.B, c.Lq, c.H, c.D}).to(dtype);
+      const auto rk = at::randn({c.B, c.cap, c.H, c.D}).to(dtype), rv = at::randn({c.B, c.cap, c.H, c.D}).to(dtype);
+      const auto ck = (at::randn({c.B, c.Lc, c.H, c.D}) * 2).to(dtype), cv = at::randn({c.B, c.Lc, c.H, c.D}).to(dtype);
+      const auto ang = at::rand({c.Lc, c.D / 2}) * 6;
+      const auto cs = ang.cos(), sn = ang.sin();
+      const auto want = rolling_attention_ref(q, rk, rv, c.valid, ck, cv, cs, sn);
+      const double rel = dtype == at::kBFloat16 ? 1.0 / 256 : 0.0, atol = dtype == at::kBFloat16 ? 1e-3 : 1e-5;
+      for (int64_t isa = 0; isa <= best; ++isa) {
+        const auto got = liveavatar_rt::rolling_attention_cpu_isa(q, rk, rv, c.valid, ck, cv, cs, sn, isa);
+        expect_close(got, want, rel, atol,
+                     "rolling_attention " + name(dtype) + " isa " + std::to_string(isa) + " " + c.what);
+      }
+    }
+    // strided: q/k/v as slices of wider buffers (heads of a fused qkv, batch-strided ring)
+    const auto qkv = at::randn({2, 7, 3, 2, 32}).to(dtype);
+    const auto ring = at::randn({2, 2, 12, 2, 32}).to(dtype);
+    const auto cond = at::randn({2, 6, 2, 2, 64}).to(dtype).slice(-1, 0, 32);
+    const auto ang = at::rand({6, 16});
+    const auto q = qkv.select(2, 0), rk = ring.select(1, 0), rv = ring.select(1, 1);
+    const auto ck = cond.select(2, 0), cv = cond.select(2, 1);
+    const auto want = rolling_attention_ref(q, rk, rv, 9, ck, cv, ang.cos(), ang.sin());
+    for (int64_t isa = 0; isa <= best; ++isa) {
+      expect_close(liveavatar_rt::rolling_attention_cpu_isa(q, rk, rv, 9, ck, cv, ang.cos(), ang.sin(), isa), want,
+                   dtype == at::kBFloat16 ? 1.0 / 256 : 0.0, dtype == at::kBFloat16 ? 1e-3 : 1e-5,
+                   "rolling_attention strided " + name(dtype) + " isa " + std::to_string(isa));
+    }
+  }
+  const auto x = at::randn({1, 4, 2, 16}), cs = at::rand({3, 8});
+  auto call = [&](const at::Tensor& q, int64_t valid, const at::Tensor& c) {
+    return liveavatar_rt::rolling_attention_cpu_isa(q, x, x, valid, x.slice(1, 0, 3), x.slice(1, 0, 3), c, c, -1);
+  };
+  expect_throws([&] { call(x.to(at::kHalf), 4, cs); }, "float32 or bfloat16", "rolling_attention rejects fp16");
+  expect_throws([&] { call(x, 5, cs); }, "valid must be in", "rolling_attention rejects valid > cap");
+  expect_throws([&] { call(x, 4, cs.to(at::kDouble)); }, "cond_cos/cond_sin must be float32",
+                "rolling_attention rejects fp64 cos");
+  expect_throws([&] { call(x.to(at::kBFloat16), 4, cs); }, "!= q dtype", "rolling_attention rejects mixed dtypes");
+}
+
+void test_qk_norm_rope() {
+  const double eps = 1e-6;
+  for (auto dtype : {at::kFloat, at::kBFloat16}) {
+    const std::vector<std::array<int64_t, 4>> shapes = {{1, 96, 2, 64}, {1, 6, 40, 128}, {2, 3, 3, 48}};
+    for (const auto& [B, L, H, D] : shapes) {
+      const int64_t C = H * D;
+      const auto q = (at::randn({B, L, C}) * 3).to(dtype), k = (at::randn({B, L, C}) * 3).to(dtype);
+      const auto wq = at::randn({C}), wk = at::randn({C});
+      const auto ang = at::rand({L, D / 2}) * 6;
+      const auto cs = ang.cos(), sn = ang.sin();
+      const auto qn = rms_norm_ref(q, wq, eps).reshape({B, L, H, D});
+      const auto kn = rms_norm_ref(k, wk, eps).reshape({B, L, H, D});
+      const auto [q_rot, k_rot, k_normed] = liveavatar_rt::qk_norm_rope_cpu(q, k, wq, wk, eps, cs, sn, H);
+      // The statistic's summation order differs from torch's: a normed value may round the
+      // other way in bf16 (one ulp), which the rotation carries along.
+      const double rel = dtype == at::kBFloat16 ? 1.0 / 64 : 1e-6;
+      const std::string what = " " + name(dtype) + " " + c10::str(q.sizes()) + " H=" + std::to_string(H);
+      expect_close(k_normed, kn, rel, 1e-6, "qk_norm_rope k_normed" + what);
+      expect_close(q_rot, rope_ref(qn, cs, sn), rel, 1e-6, "qk_norm_rope q_rot" + what);
+      expect_close(k_rot, rope_ref(kn, cs, sn), rel, 1e-6, "qk_norm_rope k_rot" + what);
+    }
+    // out-variant: k_rot written into a slot of a [B, cap, H, D] ring, q strided
+    const auto q = (at::randn({2, 4, 2 * 64}) * 3).to(dtype).slice(-1, 0, 64);
+    const auto k = (at::randn({2, 4, 64}) * 3).to(dtype);
+    const auto w = at::randn({64});
+    const auto ang = at::rand({4, 16});
+    auto ring = at::zeros({2, 12, 2, 32}, dtype);
+    auto slot = ring.slice(1, 4, 8);
+    auto q_rot = at::empty({2, 4, 2, 32}, dtype), k_normed = at::empty({2, 4, 2, 32}, dtype);
+    liveavatar_rt::qk_norm_rope_out_cpu(q_rot, slot, k_normed, q, k, w, w, eps, ang.cos(), ang.sin());
+    const auto [q_want, k_want, kn_want] =
+        liveavatar_rt::qk_norm_rope_cpu(q.contiguous(), k, w, w, eps, ang.cos(), ang.sin(), 2);
+    expect_equal(slot, k_want, "qk_norm_rope_out ring slot " + name(dtype));
+    expect_equal(q_rot, q_want, "qk_norm_rope_out strided q " + name(dtype));
+    report(ring.slice(1, 0, 4).abs().sum().item<double>() == 0 && ring.slice(1, 8, 12).abs().sum().item<double>() == 0,
+           "qk_norm_rope_out leaves the rest of the ring " + name(dtype));
+  }
+  const auto x = at::randn({1, 2, 8}), w = at::randn({8}), cs = at::rand({2, 2});
+  expect_throws([&] { liveavatar_rt::qk_norm_rope_cpu(x.to(at::kHalf), x.to(at::kHalf), w, w, eps, cs, cs, 2); },
+                "float32 or bfloat16", "qk_norm_rope rejects fp16");
+  expect_throws([&] { liveavatar_rt::qk_norm_rope_cpu(x, x, w, w, eps, cs, cs, 3); }, "must split into",
+                "qk_norm_rope rejects C % H != 0");
+  expect_throws([&] { liveavatar_rt::qk_norm_rope_cpu(x, x, w, w, eps, at::rand({2, 3}), cs, 2); },
+                "cos/sin must be [L, D/2]", "qk_norm_rope rejects a wrong table");
+}
+
 }  // namespace
 
 int main() {
@@ -141,6 +293,8 @@ int main() {
   report(lanes == 4 || lanes == 8 || lanes == 16, "torch_sum_lanes() = " + std::to_string(lanes));
   test_rms_norm();
   test_modulate();
+  test_rolling_attention();
+  test_qk_norm_rope();
   std::printf("%d passed, %d failed\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;
 }

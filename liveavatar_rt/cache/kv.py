@@ -59,16 +59,18 @@ class RingCache:
     def attend(self, layer: int, start: int, q_rope: tuple[torch.Tensor, torch.Tensor], cond: CondCache,
                cond_rope: tuple[torch.Tensor, torch.Tensor], ops) -> AttendFn:
         """Attend for one block: q/k rotated at the block's positions, k/v written at `start`
-        (token index in the stream), keys = [ring[:valid] ; RoPE(cond K) at the sink position]."""
+        (token index in the stream), keys = [ring[:valid] ; RoPE(cond K) at the sink position]
+        (ops.rolling_attention: a fused provider rotates the cond keys on the fly, no concat)."""
+        # The tables hold fp32-rounded values (model/rope.py), so fp32 is exact and is the
+        # form the fused providers take.
+        cond_cos, cond_sin = (t.float() for t in cond_rope)
 
         def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             n = q.shape[1]
             slot, valid = self.window(start, n)
             self.k[layer, :, slot:slot + n] = ops.rope_apply(k, *q_rope)
             self.v[layer, :, slot:slot + n] = v
-            ck = ops.rope_apply(cond.k[layer], *cond_rope)
-            keys = torch.cat([self.k[layer, :, :valid], ck], dim=1)
-            vals = torch.cat([self.v[layer, :, :valid], cond.v[layer]], dim=1)
-            return ops.attention(ops.rope_apply(q, *q_rope), keys, vals)
+            return ops.rolling_attention(ops.rope_apply(q, *q_rope), self.k[layer], self.v[layer], valid,
+                                         cond.k[layer], cond.v[layer], cond_cos, cond_sin)
 
         return attend

@@ -1,5 +1,7 @@
 """`cpu` providers: the C++ CPU kernels of `liveavatar_rt._C` (csrc/cpu/) for `rms_norm` and
-`modulate`. Both are bit-identical to their references (see csrc/cpu/*.cpp for how).
+`modulate` (both bit-identical to their references, see csrc/cpu/*.cpp for how), and for
+`rolling_attention` and `qk_norm_rope` (within tests/tolerances.py's provider rule: another
+fp32 summation order; tests/ops/test_rolling_attention.py, test_qk_norm_rope.py).
 
 `supports(device, dtype)` refuses, with the reason, when the extension is not built or was
 refused (`liveavatar_rt._ext.load_error()`), off CPU, or outside bf16/fp32. The extension is
@@ -17,6 +19,8 @@ import torch
 from .. import _ext
 from .modulate import modulate as _modulate_ref
 from .norm import rms_norm as _rms_norm_ref
+from .qk_norm_rope import qk_norm_rope as _qk_norm_rope_ref
+from .rolling_attention import rolling_attention as _rolling_attention_ref
 from .registry import OPS
 
 PRIORITY = 10
@@ -91,5 +95,68 @@ def modulate(x_norm: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, out
     return out.view(x_norm.shape)
 
 
+def rolling_attention_supports(device: torch.device, dtype: torch.dtype) -> Optional[str]:
+    """`supports`, plus AVX-512: without it the kernel runs its portable loops, which measured
+    ~8x slower than the reference (csrc/cpu/rolling_attention.cpp), so the reference stays."""
+    why = supports(device, dtype)
+    if why is None and torch.backends.cpu.get_cpu_capability() != "AVX512":
+        return (f"CPU capability {torch.backends.cpu.get_cpu_capability()} has no AVX-512: the portable "
+                "kernel is slower than the reference")
+    return why
+
+
+def _cpu_float(*ts: torch.Tensor, dtype: torch.dtype) -> bool:
+    return all(t.device.type == "cpu" and t.dtype == dtype for t in ts)
+
+
+def rolling_attention(q, ring_k, ring_v, valid, cond_k, cond_v, cond_cos, cond_sin):
+    """See ops/rolling_attention.py. Kernel form: q/k/v 4-D CPU tensors of one dtype (bf16|fp32),
+    fp32 cos/sin, at least one key; anything else runs the reference."""
+    if (
+        q.dtype not in _DTYPES
+        or not _cpu_float(q, ring_k, ring_v, cond_k, cond_v, dtype=q.dtype)
+        or not _cpu_float(cond_cos, cond_sin, dtype=torch.float32)
+        or any(t.dim() != 4 for t in (q, ring_k, ring_v, cond_k, cond_v))
+        or not 0 <= valid <= ring_k.shape[1]
+        or valid + cond_k.shape[1] == 0
+    ):
+        return _rolling_attention_ref(q, ring_k, ring_v, valid, cond_k, cond_v, cond_cos, cond_sin)
+    return torch.ops.liveavatar_rt.rolling_attention.default(q, ring_k, ring_v, valid, cond_k, cond_v,
+                                                             cond_cos, cond_sin)
+
+
+def qk_norm_rope(q, k, wq, wk, eps, cos, sin, num_heads, k_rot_out=None):
+    """See ops/qk_norm_rope.py. `k_rot_out` (a ring slot view: q's dtype, contiguous last dim) is
+    written in place by the kernel's out-variant. Other forms run the reference."""
+    B, L, C = q.shape if q.dim() == 3 else (0, 0, 0)
+    H = num_heads
+    D = C // H if H > 0 else 0
+    if (
+        q.dim() != 3
+        or q.dtype not in _DTYPES
+        or not _cpu_float(q, k, dtype=q.dtype)
+        or k.shape != q.shape
+        or not _cpu_float(cos, sin, dtype=torch.float32)
+        or H <= 0 or C % H or D % 2
+        or any(w.device.type != "cpu" or not w.is_floating_point() or w.shape != (C,) for w in (wq, wk))
+        or (k_rot_out is not None and (not _cpu_float(k_rot_out, dtype=q.dtype) or k_rot_out.shape != (B, L, H, D)
+                                       or k_rot_out.stride(-1) != 1))
+    ):
+        return _qk_norm_rope_ref(q, k, wq, wk, eps, cos, sin, num_heads, k_rot_out)
+    if k_rot_out is None:
+        return torch.ops.liveavatar_rt.qk_norm_rope.default(q, k, wq, wk, eps, cos, sin, H)
+    q_rot, k_normed = q.new_empty(B, L, H, D), q.new_empty(B, L, H, D)
+    torch.ops.liveavatar_rt.qk_norm_rope_out.default(q_rot, k_rot_out, k_normed, q, k, wq, wk, eps, cos, sin)
+    return q_rot, k_rot_out, k_normed
+
+
 OPS["rms_norm"].register("cpu", rms_norm, priority=PRIORITY, supports=supports)
 OPS["modulate"].register("cpu", modulate, priority=PRIORITY, supports=supports)
+# Default on CPU because faster than the reference in our measurement (bench/test_ops_bench.py,
+# 2-core AMD EPYC with AVX-512 BF16, speedup = ratio of minima in one run, 2 threads / 1 thread;
+# rolling_attention only with AVX-512, see rolling_attention_supports):
+# rolling_attention 14B-scaled (H=40, D=128, Lq=396, cap=1584, Lc=330) fp32 1.8x / 1.8x, bf16
+# 2.4x / 2.1x; tiny fp32 2.9x / 1.6x, bf16 3.2x / 2.0x. qk_norm_rope 14B-scaled fp32 7.7x / 8.8x,
+# bf16 4.8x / 4.7x; tiny 6-10x.
+OPS["rolling_attention"].register("cpu", rolling_attention, priority=PRIORITY, supports=rolling_attention_supports)
+OPS["qk_norm_rope"].register("cpu", qk_norm_rope, priority=PRIORITY, supports=supports)

@@ -1,0 +1,148 @@
+"""Triton rolling attention: one streaming block's queries over [ring[:valid] ; rope(cond_k)].
+
+Same meaning as liveavatar_rt/ops/rolling_attention.py. One program per (query block, batch x
+head) runs an online softmax (fp32, base 2) over the ring keys, then over the conditioning keys,
+which it rotates on the fly after loading them: no concatenation, no rotated copy in memory.
+
+Heads are handled as even / odd halves ([*, D/2] tiles of the interleaved RoPE pairs), so the
+rotation is elementwise and q.k = q_even.k_even + q_odd.k_odd: two dots, no shuffles. The
+rotated conditioning keys are rounded to the input dtype, as the reference stores them.
+Precision: q.k in the input dtype with fp32 accumulation (fp32 inputs: IEEE, not TF32); P V
+with P split into hi + lo halves of the value dtype, so P keeps ~16 bits (plain P in bf16 would
+exceed the provider tolerance on peaked attention). Under the interpreter (CPU tensors) loads
+are cast to fp32 first: its bf16 dot is wrong.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _round_as(x, DTYPE: tl.constexpr):
+    """fp32 x rounded to DTYPE, kept in fp32. bf16 by bit arithmetic (round to nearest even, as
+    GPUs convert; the interpreter's bf16 cast truncates), other dtypes by a cast."""
+    if DTYPE == tl.bfloat16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        return bits.to(tl.float32, bitcast=True)
+    else:
+        return x.to(DTYPE).to(tl.float32)
+
+
+@triton.jit
+def _rolling_attention_fwd_kernel(
+    Q, RK, RV, CK, CV, COS, SIN, OUT,
+    sqb, sql, sqh, srkb, srkl, srkh, srvb, srvl, srvh,
+    sckb, sckl, sckh, scvb, scvl, scvh, sob, sol, soh,
+    H, LQ, VALID, LC, SCALE_LOG2E,
+    HALF: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr,
+    UPCAST: tl.constexpr, SPLIT_P: tl.constexpr, PRECISION: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    b = tl.program_id(1) // H
+    h = tl.program_id(1) % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_i = tl.arange(0, BLOCK_H)  # RoPE pair index: dims 2i, 2i + 1
+    mask_m = offs_m < LQ
+    mask_i = offs_i < HALF
+    qmask = mask_m[:, None] & mask_i[None, :]
+    q_ptr = Q + b * sqb + h * sqh + offs_m[:, None] * sql + 2 * offs_i[None, :]
+    q_e = tl.load(q_ptr, mask=qmask, other=0.0)
+    q_o = tl.load(q_ptr + 1, mask=qmask, other=0.0)
+    if UPCAST:
+        q_e, q_o = q_e.to(tl.float32), q_o.to(tl.float32)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc_e = tl.zeros([BLOCK_M, BLOCK_H], tl.float32)
+    acc_o = tl.zeros([BLOCK_M, BLOCK_H], tl.float32)
+    # Keys [0, VALID) come from the ring, [VALID, VALID + LC) from the conditioning cache.
+    for start in range(0, VALID + LC, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        is_ring = offs_n < VALID
+        is_cond = (offs_n >= VALID) & (offs_n < VALID + LC)
+        c_n = tl.where(is_cond, offs_n - VALID, 0)
+        kmask_r = mask_i[:, None] & is_ring[None, :]
+        kmask_c = mask_i[:, None] & is_cond[None, :]
+        # K^T tiles [BLOCK_H, BLOCK_N]: ring keys as stored, conditioning keys rotated.
+        rk_ptr = RK + b * srkb + h * srkh + offs_n[None, :] * srkl + 2 * offs_i[:, None]
+        ck_ptr = CK + b * sckb + h * sckh + c_n[None, :] * sckl + 2 * offs_i[:, None]
+        rk_e = tl.load(rk_ptr, mask=kmask_r, other=0.0)
+        rk_o = tl.load(rk_ptr + 1, mask=kmask_r, other=0.0)
+        ck_e = tl.load(ck_ptr, mask=kmask_c, other=0.0).to(tl.float32)
+        ck_o = tl.load(ck_ptr + 1, mask=kmask_c, other=0.0).to(tl.float32)
+        cs_ptr = c_n[None, :] * HALF + offs_i[:, None]
+        cos = tl.load(COS + cs_ptr, mask=kmask_c, other=0.0)
+        sin = tl.load(SIN + cs_ptr, mask=kmask_c, other=0.0)
+        rot_e = _round_as(ck_e * cos - ck_o * sin, rk_e.dtype).to(rk_e.dtype)  # as the reference stores them
+        rot_o = _round_as(ck_e * sin + ck_o * cos, rk_e.dtype).to(rk_e.dtype)
+        k_e = tl.where(is_cond[None, :], rot_e, rk_e)
+        k_o = tl.where(is_cond[None, :], rot_o, rk_o)
+        if UPCAST:
+            k_e, k_o = k_e.to(tl.float32), k_o.to(tl.float32)
+        s = tl.dot(q_e, k_e, input_precision=PRECISION) + tl.dot(q_o, k_o, input_precision=PRECISION)
+        s = tl.where((is_ring | is_cond)[None, :], s * SCALE_LOG2E, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        m_i = m_new
+        # V tiles [BLOCK_N, BLOCK_H] from the ring or the conditioning cache.
+        vmask_r = is_ring[:, None] & mask_i[None, :]
+        vmask_c = is_cond[:, None] & mask_i[None, :]
+        rv_ptr = RV + b * srvb + h * srvh + offs_n[:, None] * srvl + 2 * offs_i[None, :]
+        cv_ptr = CV + b * scvb + h * scvh + c_n[:, None] * scvl + 2 * offs_i[None, :]
+        v_e = tl.load(rv_ptr, mask=vmask_r, other=0.0) + tl.load(cv_ptr, mask=vmask_c, other=0.0)
+        v_o = tl.load(rv_ptr + 1, mask=vmask_r, other=0.0) + tl.load(cv_ptr + 1, mask=vmask_c, other=0.0)
+        if UPCAST:
+            v_e, v_o = v_e.to(tl.float32), v_o.to(tl.float32)
+        acc_e = acc_e * alpha[:, None]
+        acc_o = acc_o * alpha[:, None]
+        if SPLIT_P:
+            p_hi = p.to(v_e.dtype)
+            p_lo = (p - p_hi.to(tl.float32)).to(v_e.dtype)
+            acc_e += tl.dot(p_hi, v_e) + tl.dot(p_lo, v_e)
+            acc_o += tl.dot(p_hi, v_o) + tl.dot(p_lo, v_o)
+        else:
+            acc_e += tl.dot(p, v_e, input_precision=PRECISION)
+            acc_o += tl.dot(p, v_o, input_precision=PRECISION)
+    o_ptr = OUT + b * sob + h * soh + offs_m[:, None] * sol + 2 * offs_i[None, :]
+    inv = 1.0 / l_i[:, None]
+    out_dtype = OUT.dtype.element_ty
+    tl.store(o_ptr, _round_as(acc_e * inv, out_dtype).to(out_dtype), mask=qmask)
+    tl.store(o_ptr + 1, _round_as(acc_o * inv, out_dtype).to(out_dtype), mask=qmask)
+
+
+def rolling_attention_fwd(q: torch.Tensor, ring_k: torch.Tensor, ring_v: torch.Tensor, valid: int,
+                          cond_k: torch.Tensor, cond_v: torch.Tensor, cond_cos: torch.Tensor,
+                          cond_sin: torch.Tensor, block_m: int | None = None,
+                          block_n: int | None = None) -> torch.Tensor:
+    """q: [B, Lq, H, D] (rotated); ring_k, ring_v: [B, cap, H, D]; cond_k (un-rotated), cond_v:
+    [B, Lc, H, D], all one dtype (fp32 / fp16 / bf16), last dim contiguous; cond_cos, cond_sin:
+    fp32 [Lc, D/2]. -> [B, Lq, H, D] contiguous in q's dtype. CPU tensors need TRITON_INTERPRET=1."""
+    B, Lq, H, D = q.shape
+    Lc = cond_k.shape[1]
+    if D % 2 or not 0 <= valid <= ring_k.shape[1] or valid + Lc == 0:
+        raise ValueError(f"rolling_attention_fwd: D={D} must be even and 0 <= valid={valid} <= cap with keys")
+    q, ring_k, ring_v, cond_k, cond_v = (t if t.stride(-1) == 1 else t.contiguous()
+                                         for t in (q, ring_k, ring_v, cond_k, cond_v))
+    cos, sin = cond_cos.float().contiguous(), cond_sin.float().contiguous()
+    out = torch.empty(B, Lq, H, D, dtype=q.dtype, device=q.device)
+    interpret = q.device.type != "cuda"
+    block_h = max(16, triton.next_power_of_2(D // 2))  # tl.dot needs dims >= 16
+    block_m = block_m or (32 if interpret else 64)
+    block_n = block_n or (32 if interpret else 64)
+    grid = (triton.cdiv(Lq, block_m), B * H)
+    _rolling_attention_fwd_kernel[grid](
+        q, ring_k, ring_v, cond_k, cond_v, cos, sin, out,
+        q.stride(0), q.stride(1), q.stride(2), ring_k.stride(0), ring_k.stride(1), ring_k.stride(2),
+        ring_v.stride(0), ring_v.stride(1), ring_v.stride(2), cond_k.stride(0), cond_k.stride(1), cond_k.stride(2),
+        cond_v.stride(0), cond_v.stride(1), cond_v.stride(2), out.stride(0), out.stride(1), out.stride(2),
+        H, Lq, valid, Lc, LOG2E / D ** 0.5,
+        HALF=D // 2, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_H=block_h,
+        UPCAST=interpret, SPLIT_P=not interpret and q.dtype != torch.float32, PRECISION="ieee",
+    )
+    return out
