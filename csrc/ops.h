@@ -30,4 +30,26 @@ void modulate_out_cpu(at::Tensor& out, const at::Tensor& x_norm, const at::Tenso
 // statistic is bit-identical to `x.float().pow(2).mean(-1)`.
 int64_t torch_sum_lanes();
 
+// Rolling-cache attention (csrc/cpu/rolling_attention.cpp), as liveavatar_rt/ops/rolling_attention.py:
+// q [B, Lq, H, D] (rotated) against [ring_k[:, :valid] ; RoPE(cond_k) with cond_cos/sin [Lc, D/2] fp32]
+// and [ring_v[:, :valid] ; cond_v]; fp32 online softmax; output in q's dtype.
+at::Tensor rolling_attention_cpu(const at::Tensor& q, const at::Tensor& ring_k, const at::Tensor& ring_v,
+                                 int64_t valid, const at::Tensor& cond_k, const at::Tensor& cond_v,
+                                 const at::Tensor& cond_cos, const at::Tensor& cond_sin);
+// The same with an explicit instruction-set level (tests compare every level); best_isa: this CPU's.
+int64_t rolling_attention_best_isa();
+at::Tensor rolling_attention_cpu_isa(const at::Tensor& q, const at::Tensor& ring_k, const at::Tensor& ring_v,
+                                     int64_t valid, const at::Tensor& cond_k, const at::Tensor& cond_v,
+                                     const at::Tensor& cond_cos, const at::Tensor& cond_sin, int64_t isa);
+
+// Fused q/k RMSNorm + RoPE (csrc/cpu/qk_norm_rope.cpp), as liveavatar_rt/ops/qk_norm_rope.py:
+// q, k [B, L, C] -> (q_rot, k_rot, k_normed) [B, L, H, D]; the out-variant may write k_rot into a ring slot.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> qk_norm_rope_cpu(const at::Tensor& q, const at::Tensor& k,
+                                                                const at::Tensor& wq, const at::Tensor& wk,
+                                                                double eps, const at::Tensor& cos,
+                                                                const at::Tensor& sin, int64_t num_heads);
+void qk_norm_rope_out_cpu(at::Tensor& q_rot, at::Tensor& k_rot, at::Tensor& k_normed, const at::Tensor& q,
+                          const at::Tensor& k, const at::Tensor& wq, const at::Tensor& wk, double eps,
+                          const at::Tensor& cos, const at::Tensor& sin);
+
 }  // namespace liveavatar_rt

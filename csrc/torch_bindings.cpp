@@ -12,20 +12,6 @@
 
 #include <tuple>
 
-// Kernels of csrc/cpu/rolling_attention.cpp and csrc/cpu/qk_norm_rope.cpp (declared here, next
-// to their schemas; csrc/tests/test_cpu_kernels.cpp declares them the same way).
-namespace liveavatar_rt {
-at::Tensor rolling_attention_cpu(const at::Tensor& q, const at::Tensor& ring_k, const at::Tensor& ring_v,
-                                 int64_t valid, const at::Tensor& cond_k, const at::Tensor& cond_v,
-                                 const at::Tensor& cond_cos, const at::Tensor& cond_sin);
-std::tuple<at::Tensor, at::Tensor, at::Tensor> qk_norm_rope_cpu(const at::Tensor& q, const at::Tensor& k,
-                                                                const at::Tensor& wq, const at::Tensor& wk,
-                                                                double eps, const at::Tensor& cos,
-                                                                const at::Tensor& sin, int64_t num_heads);
-void qk_norm_rope_out_cpu(at::Tensor& q_rot, at::Tensor& k_rot, at::Tensor& k_normed, const at::Tensor& q,
-                          const at::Tensor& k, const at::Tensor& wq, const at::Tensor& wk, double eps,
-                          const at::Tensor& cos, const at::Tensor& sin);
-}  // namespace liveavatar_rt
 
 TORCH_LIBRARY(liveavatar_rt, m) {
   // WanRMSNorm over the last dim, as liveavatar_rt/ops/norm.py::rms_norm: fp32 statistic, the

@@ -13,20 +13,6 @@
 
 #include "ops.h"
 
-// csrc/cpu/rolling_attention.cpp and csrc/cpu/qk_norm_rope.cpp (declared as in torch_bindings.cpp).
-namespace liveavatar_rt {
-int64_t rolling_attention_best_isa();
-at::Tensor rolling_attention_cpu_isa(const at::Tensor& q, const at::Tensor& ring_k, const at::Tensor& ring_v,
-                                     int64_t valid, const at::Tensor& cond_k, const at::Tensor& cond_v,
-                                     const at::Tensor& cond_cos, const at::Tensor& cond_sin, int64_t isa);
-std::tuple<at::Tensor, at::Tensor, at::Tensor> qk_norm_rope_cpu(const at::Tensor& q, const at::Tensor& k,
-                                                                const at::Tensor& wq, const at::Tensor& wk,
-                                                                double eps, const at::Tensor& cos,
-                                                                const at::Tensor& sin, int64_t num_heads);
-void qk_norm_rope_out_cpu(at::Tensor& q_rot, at::Tensor& k_rot, at::Tensor& k_normed, const at::Tensor& q,
-                          const at::Tensor& k, const at::Tensor& wq, const at::Tensor& wk, double eps,
-                          const at::Tensor& cos, const at::Tensor& sin);
-}  // namespace liveavatar_rt
 
 namespace {
 
