@@ -7,6 +7,7 @@
 // modulation, F == 1 per-sample; in between, one shift/scale row per frame of S consecutive
 // tokens. One fused pass (the reference makes four tensors), multiply then add, each rounded
 // to fp32 as the reference does (no FMA: the build passes -ffp-contract=off).
+#include "modulate_checks.h"
 #include "ops.h"
 #include "cpu/cpu_utils.h"
 
@@ -63,22 +64,7 @@ void check_inputs(const at::Tensor& x, const at::Tensor& shift, const at::Tensor
   TORCH_CHECK(x.device().is_cpu() && shift.device().is_cpu() && scale.device().is_cpu(),
               "liveavatar_rt::modulate (CPU kernel): all tensors must be on CPU, got x_norm on ", x.device(),
               ", shift on ", shift.device(), ", scale on ", scale.device());
-  TORCH_CHECK(is_fp32_or_bf16(x.scalar_type()),
-              "liveavatar_rt::modulate: x_norm must be float32 or bfloat16, got ", x.scalar_type());
-  TORCH_CHECK(shift.scalar_type() == at::kFloat && scale.scalar_type() == at::kFloat,
-              "liveavatar_rt::modulate: shift and scale must be float32, got ", shift.scalar_type(), " and ",
-              scale.scalar_type());
-  TORCH_CHECK(x.dim() == 3, "liveavatar_rt::modulate: x_norm must be [B, L, C], got shape ", x.sizes());
-  TORCH_CHECK(shift.dim() == 3 && shift.sizes() == scale.sizes(),
-              "liveavatar_rt::modulate: shift and scale must both be [B|1, F, C], got ", shift.sizes(), " and ",
-              scale.sizes());
-  const int64_t B = x.size(0), L = x.size(1), C = x.size(2), F = shift.size(1);
-  TORCH_CHECK(shift.size(0) == B || shift.size(0) == 1, "liveavatar_rt::modulate: shift/scale batch ",
-              shift.size(0), " must be 1 or x_norm's batch ", B);
-  TORCH_CHECK(shift.size(2) == C, "liveavatar_rt::modulate: shift/scale channels ", shift.size(2),
-              " != x_norm channels ", C);
-  TORCH_CHECK((F > 0 && L % F == 0) || (F == 0 && L == 0), "liveavatar_rt::modulate: shift/scale frames F=", F,
-              " must divide x_norm's tokens L=", L, " (S = L / F tokens per frame)");
+  liveavatar_rt::check_modulate_args(x, shift, scale);
 }
 
 }  // namespace

@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include "cuda/modulate_kernel.h"
+#include "modulate_checks.h"
 
 namespace liveavatar_rt {
 namespace {
@@ -21,22 +22,7 @@ void check_inputs(const at::Tensor& x, const at::Tensor& shift, const at::Tensor
   TORCH_CHECK(x.is_cuda() && shift.device() == x.device() && scale.device() == x.device(),
               "liveavatar_rt::modulate (CUDA kernel): x_norm, shift and scale must be on one CUDA device, got ",
               x.device(), ", ", shift.device(), ", ", scale.device());
-  TORCH_CHECK(is_fp32_or_bf16(x.scalar_type()),
-              "liveavatar_rt::modulate: x_norm must be float32 or bfloat16, got ", x.scalar_type());
-  TORCH_CHECK(shift.scalar_type() == at::kFloat && scale.scalar_type() == at::kFloat,
-              "liveavatar_rt::modulate: shift and scale must be float32, got ", shift.scalar_type(), " and ",
-              scale.scalar_type());
-  TORCH_CHECK(x.dim() == 3, "liveavatar_rt::modulate: x_norm must be [B, L, C], got shape ", x.sizes());
-  TORCH_CHECK(shift.dim() == 3 && shift.sizes() == scale.sizes(),
-              "liveavatar_rt::modulate: shift and scale must both be [B|1, F, C], got ", shift.sizes(), " and ",
-              scale.sizes());
-  const int64_t B = x.size(0), L = x.size(1), C = x.size(2), F = shift.size(1);
-  TORCH_CHECK(shift.size(0) == B || shift.size(0) == 1, "liveavatar_rt::modulate: shift/scale batch ",
-              shift.size(0), " must be 1 or x_norm's batch ", B);
-  TORCH_CHECK(shift.size(2) == C, "liveavatar_rt::modulate: shift/scale channels ", shift.size(2),
-              " != x_norm channels ", C);
-  TORCH_CHECK((F > 0 && L % F == 0) || (F == 0 && L == 0), "liveavatar_rt::modulate: shift/scale frames F=", F,
-              " must divide x_norm's tokens L=", L, " (S = L / F tokens per frame)");
+  liveavatar_rt::check_modulate_args(x, shift, scale);
 }
 
 void modulate_out_cuda(at::Tensor& out, const at::Tensor& x_in, const at::Tensor& shift_in, const at::Tensor& scale_in) {
