@@ -25,6 +25,28 @@ def group_alive(pgid: int) -> bool:
         return False
 
 
+def run_group(cmd: list[str], what: str, hard_timeout: float = HARD_TIMEOUT, env=None) -> str:
+    """Run cmd in its own process group under a hard timeout -> its output text. Fails the test
+    if it hangs, exits non-zero, or leaves any process of its group running."""
+    proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        text, _ = proc.communicate(timeout=hard_timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        text, _ = proc.communicate()
+        pytest.fail(f"{what} hung (killed after {hard_timeout} s):\n{text[-4000:]}")
+    deadline = time.monotonic() + 5
+    while group_alive(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = group_alive(proc.pid)
+    if left:
+        os.killpg(proc.pid, signal.SIGKILL)
+    assert not left, f"processes of {what} were left running:\n{text[-4000:]}"
+    assert proc.returncode == 0, f"{what} exited with {proc.returncode}:\n{text[-4000:]}"
+    return text
+
+
 def run_ring(tmp_path, layout: str, *args: str, timeout: float = 20.0):
     """Run tests/parallel/ring_run.py in its own process group under a hard timeout.
     -> (info dict, arrays, output text, seconds); asserts no process of the group survives."""
@@ -32,23 +54,8 @@ def run_ring(tmp_path, layout: str, *args: str, timeout: float = 20.0):
     cmd = [sys.executable, "-m", "tests.parallel.ring_run", "--layout", layout, "--out", str(out),
            "--timeout", str(timeout), *args]
     t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    try:
-        text, _ = proc.communicate(timeout=HARD_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        text, _ = proc.communicate()
-        pytest.fail(f"ring run {layout} hung (killed after {HARD_TIMEOUT} s):\n{text[-4000:]}")
+    text = run_group(cmd, f"ring run {layout}")
     seconds = time.monotonic() - t0
-    deadline = time.monotonic() + 5
-    while group_alive(proc.pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    left = group_alive(proc.pid)
-    if left:
-        os.killpg(proc.pid, signal.SIGKILL)
-    assert not left, f"processes of the ring were left running:\n{text[-4000:]}"
-    assert proc.returncode == 0, f"ring_run exited with {proc.returncode}:\n{text[-4000:]}"
     info = json.loads(Path(str(out) + ".json").read_text())
     arrays = dict(np.load(out))
     return info, arrays, text, seconds

@@ -3,17 +3,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 import wave
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from .conftest import REPO, group_alive
+from .conftest import run_group
 from .ring_run import SR, face, speech
 
 HARD_TIMEOUT = 150
@@ -32,23 +29,7 @@ def inputs(tmp_path):
 
 
 def run(cmd, env=None) -> str:
-    proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=env)
-    try:
-        text, _ = proc.communicate(timeout=HARD_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        text, _ = proc.communicate()
-        pytest.fail(f"hung (killed after {HARD_TIMEOUT} s):\n{text[-4000:]}")
-    deadline = time.monotonic() + 5
-    while group_alive(proc.pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    left = group_alive(proc.pid)
-    if left:
-        os.killpg(proc.pid, signal.SIGKILL)
-    assert not left, f"processes were left running:\n{text[-4000:]}"
-    assert proc.returncode == 0, text[-4000:]
-    return text
+    return run_group(cmd, " ".join(cmd[:3]), HARD_TIMEOUT, env)
 
 
 ARGS = ["--max-area", "4096", "--timeout", "30"]
