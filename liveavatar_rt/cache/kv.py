@@ -7,12 +7,38 @@
   (12 latent frames by default). The block being denoised writes its rotated K and its V into
   the ring, then attends over [ring contents ; conditioning keys rotated at the current sink
   position]. Nothing grows with stream length.
+
+Both hand the model attends of the two forms model/attention.py describes: called with normed
+q/k, or through `raw` with the projections before the norms, where one `ops.qk_norm_rope` call
+normalises q and k, rotates them and writes the rotated keys straight into the ring slot.
 """
 from __future__ import annotations
 
 import torch
 
-from ..model.attention import AttendFn
+
+def _fp32_tables(rope: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """RoPE tables as fp32 [L, D/2], the form the fused providers take. The tables hold
+    fp32-rounded values (model/rope.py), so this is exact, and the references, which promote
+    them to float64, compute the same values from either form."""
+    return tuple(t if t.dtype == torch.float32 else t.float() for t in rope)
+
+
+class _PrefillAttend:
+    """Prefill attend of one layer: store the normed K and V, full attention among cond tokens."""
+
+    def __init__(self, cache: "CondCache", layer: int, rope: tuple[torch.Tensor, torch.Tensor], ops):
+        self.cache, self.layer, self.rope, self.ops = cache, layer, rope, ops
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        ops, (cos, sin) = self.ops, self.rope
+        self.cache.k[self.layer], self.cache.v[self.layer] = k, v
+        return ops.attention(ops.rope_apply(q, cos, sin), ops.rope_apply(k, cos, sin), v)
+
+    def raw(self, q, k, v, wq, wk, eps: float, num_heads: int) -> torch.Tensor:
+        q_rot, k_rot, k_normed = self.ops.qk_norm_rope(q, k, wq, wk, eps, *_fp32_tables(self.rope), num_heads)
+        self.cache.k[self.layer], self.cache.v[self.layer] = k_normed, v
+        return self.ops.attention(q_rot, k_rot, v)
 
 
 class CondCache:
@@ -24,14 +50,39 @@ class CondCache:
     def ready(self) -> bool:
         return all(k is not None for k in self.k)
 
-    def prefill_attend(self, layer: int, cos: torch.Tensor, sin: torch.Tensor, ops) -> AttendFn:
-        """Attend for the prefill pass: store K/V, then full attention among cond tokens."""
+    def prefill_attend(self, layer: int, cos: torch.Tensor, sin: torch.Tensor, ops) -> _PrefillAttend:
+        """Attend for the prefill pass (cos/sin: [Lc, D/2] at the cond tokens' positions): store
+        K/V, then full attention among cond tokens."""
+        return _PrefillAttend(self, layer, (cos, sin), ops)
 
-        def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            self.k[layer], self.v[layer] = k, v
-            return ops.attention(ops.rope_apply(q, cos, sin), ops.rope_apply(k, cos, sin), v)
 
-        return attend
+class _RingAttend:
+    """Attend of one layer for one block; see RingCache.attend."""
+
+    def __init__(self, ring: "RingCache", layer: int, start: int, q_rope, cond: CondCache, cond_rope, ops):
+        self.ring, self.layer, self.start, self.cond, self.ops = ring, layer, start, cond, ops
+        self.q_rope, self.q_rope32 = q_rope, ring.fp32_tables(q_rope)
+        self.cond_rope32 = ring.fp32_tables(cond_rope)
+
+    def _attend(self, q_rot: torch.Tensor, valid: int) -> torch.Tensor:
+        ring, i = self.ring, self.layer
+        return self.ops.rolling_attention(q_rot, ring.k[i], ring.v[i], valid, self.cond.k[i], self.cond.v[i],
+                                          *self.cond_rope32)
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        n, ops, ring, i = q.shape[1], self.ops, self.ring, self.layer
+        slot, valid = ring.window(self.start, n)
+        ring.k[i, :, slot:slot + n] = ops.rope_apply(k, *self.q_rope)
+        ring.v[i, :, slot:slot + n] = v
+        return self._attend(ops.rope_apply(q, *self.q_rope), valid)
+
+    def raw(self, q, k, v, wq, wk, eps: float, num_heads: int) -> torch.Tensor:
+        n, ring, i = q.shape[1], self.ring, self.layer
+        slot, valid = ring.window(self.start, n)
+        q_rot, _, _ = self.ops.qk_norm_rope(q, k, wq, wk, eps, *self.q_rope32, num_heads,
+                                            k_rot_out=ring.k[i, :, slot:slot + n])
+        ring.v[i, :, slot:slot + n] = v
+        return self._attend(q_rot, valid)
 
 
 class RingCache:
@@ -41,6 +92,7 @@ class RingCache:
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.capacity = capacity
+        self._tables: dict[int, tuple] = {}  # id(source tables) -> (source, fp32 tables)
 
     def window(self, start: int, length: int) -> tuple[int, int]:
         """(write slot, number of valid tokens after the write) for a block at token `start`."""
@@ -48,6 +100,19 @@ class RingCache:
             raise ValueError(f"block of {length} tokens does not tile a ring of {self.capacity}")
         slot = start % self.capacity
         return slot, (self.capacity if start >= self.capacity else start + length)
+
+    def fp32_tables(self, rope: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """`rope` as fp32 tables, converted once per table object: the caller builds one pair per
+        forward and every layer's attend reuses it. Keeps the last few (the source is held, so
+        its id cannot be reused while cached)."""
+        hit = self._tables.get(id(rope))
+        if hit is not None and hit[0] is rope:
+            return hit[1]
+        if len(self._tables) >= 4:
+            self._tables.clear()
+        out = _fp32_tables(rope)
+        self._tables[id(rope)] = (rope, out)
+        return out
 
     def rotate(self, cos: torch.Tensor, sin: torch.Tensor, ops) -> None:
         """Re-rotate every stored key by one more RoPE angle (cos/sin: [1, head_dim/2], the same
@@ -57,20 +122,10 @@ class RingCache:
         self.k.copy_(ops.rope_apply(flat, cos.expand(N, -1), sin.expand(N, -1)).reshape(self.k.shape))
 
     def attend(self, layer: int, start: int, q_rope: tuple[torch.Tensor, torch.Tensor], cond: CondCache,
-               cond_rope: tuple[torch.Tensor, torch.Tensor], ops) -> AttendFn:
-        """Attend for one block: q/k rotated at the block's positions, k/v written at `start`
-        (token index in the stream), keys = [ring[:valid] ; RoPE(cond K) at the sink position]
-        (ops.rolling_attention: a fused provider rotates the cond keys on the fly, no concat)."""
-        # The tables hold fp32-rounded values (model/rope.py), so fp32 is exact and is the
-        # form the fused providers take.
-        cond_cos, cond_sin = (t.float() for t in cond_rope)
-
-        def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            n = q.shape[1]
-            slot, valid = self.window(start, n)
-            self.k[layer, :, slot:slot + n] = ops.rope_apply(k, *q_rope)
-            self.v[layer, :, slot:slot + n] = v
-            return ops.rolling_attention(ops.rope_apply(q, *q_rope), self.k[layer], self.v[layer], valid,
-                                         cond.k[layer], cond.v[layer], cond_cos, cond_sin)
-
-        return attend
+               cond_rope: tuple[torch.Tensor, torch.Tensor], ops) -> _RingAttend:
+        """Attend for one block: q/k rotated at the block's positions (q_rope: [n, D/2] tables),
+        k/v written at `start` (token index in the stream), keys = [ring[:valid] ; RoPE(cond K)
+        at the sink position] (cond_rope: [Lc, D/2]). ops.rolling_attention: a fused provider
+        rotates the cond keys on the fly, no concat; through `raw`, ops.qk_norm_rope writes the
+        rotated keys into the ring slot."""
+        return _RingAttend(self, layer, start, q_rope, cond, cond_rope, ops)

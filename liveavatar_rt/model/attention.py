@@ -1,7 +1,15 @@
-"""Self- and cross-attention modules (published keys q, k, v, o, norm_q, norm_k)."""
+"""Self- and cross-attention modules (published keys q, k, v, o, norm_q, norm_k).
+
+Self-attention hands its q/k/v projections to an `attend` supplied by the caches. Two forms:
+- a plain `AttendFn(q, k, v)` gets q and k already RMS-normed (norm_q / norm_k), not rotated;
+- an attend with a `raw(q, k, v, wq, wk, eps, num_heads)` method (`FusedAttend`, what
+  `liveavatar_rt.cache` returns) gets the projections *before* the norms, so it can run the
+  norms, RoPE and the cache write as one op (`ops.qk_norm_rope`). With reference ops both
+  forms compute the same values (the reference qk_norm_rope is exactly norm then RoPE).
+"""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 from torch import nn
@@ -9,6 +17,16 @@ from torch import nn
 from .layers import Linear, RMSNorm
 
 AttendFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class FusedAttend(Protocol):
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q, k (normed, not rotated), v: [B, L, H, D] -> [B, L, H, D]."""
+
+    def raw(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, wq: torch.Tensor, wk: torch.Tensor,
+            eps: float, num_heads: int) -> torch.Tensor:
+        """q, k: [B, L, C] projections before norm_q / norm_k (weights wq, wk: [C]);
+        v: [B, L, H, D] -> [B, L, H, D]."""
 
 
 class QKVAttention(nn.Module):
@@ -30,12 +48,16 @@ class QKVAttention(nn.Module):
 
 
 class SelfAttention(QKVAttention):
-    def forward(self, x: torch.Tensor, attend: AttendFn) -> torch.Tensor:
-        """x: [B, L, C] -> [B, L, C]. `attend(q, k, v)` (all [B, L, H, D], q/k RMS-normed, not
-        yet rotated) applies RoPE, reads/writes the caches and returns [B, L, H, D]."""
-        q = self._heads(self.norm_q(self.q(x)))
-        k, v = self.project_kv(x)
-        return self.o(attend(q, k, v).flatten(2))
+    def forward(self, x: torch.Tensor, attend: AttendFn | FusedAttend) -> torch.Tensor:
+        """x: [B, L, C] -> [B, L, C]. `attend` applies RoPE, reads/writes the caches and returns
+        [B, L, H, D]; see the module docstring for its two forms."""
+        q, k, v = self.q(x), self.k(x), self._heads(self.v(x))
+        raw = getattr(attend, "raw", None)
+        if raw is not None:
+            out = raw(q, k, v, self.norm_q.weight, self.norm_k.weight, self.norm_q.eps, self.num_heads)
+        else:
+            out = attend(self._heads(self.norm_q(q)), self._heads(self.norm_k(k)), v)
+        return self.o(out.flatten(2))
 
 
 class CrossAttention(QKVAttention):
