@@ -1,0 +1,79 @@
+"""`liveavatar-rt serve`: argument parsing and the foreground server.
+
+    liveavatar-rt serve --model tiny [--host 127.0.0.1 --port 8000] [--tpp 2+1] [--token T]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .config import MiB, ServeConfig
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    d = ServeConfig()
+    p = sub.add_parser("serve", help="real-time streaming server + web page (audio in, avatar video out)")
+    p.add_argument("--model", default="tiny", help="'tiny' or a published-layout model directory")
+    p.add_argument("--host", default=d.host, help="bind address (default loopback; 0.0.0.0 exposes the server)")
+    p.add_argument("--port", type=int, default=d.port)
+    p.add_argument("--tpp", default=None, metavar="LAYOUT",
+                   help="render on a local TPP ring ('2+1', '4+1', ...): one session at a time")
+    p.add_argument("--token", default=None,
+                   help="require this bearer token (default: $LIVEAVATAR_RT_TOKEN if set, else no auth)")
+    p.add_argument("--max-sessions", type=int, default=d.max_sessions, help="concurrent sessions; more get 'busy'")
+    p.add_argument("--max-image-mb", type=float, default=d.max_image_bytes / MiB, help="largest image file (MiB)")
+    p.add_argument("--max-image-pixels", type=int, default=d.max_image_pixels)
+    p.add_argument("--max-message-mb", type=float, default=d.max_message_bytes / MiB,
+                   help="largest websocket message (MiB); the start message carries the image")
+    p.add_argument("--min-sample-rate", type=int, default=d.min_sample_rate)
+    p.add_argument("--max-sample-rate", type=int, default=d.max_sample_rate)
+    p.add_argument("--max-audio-ahead", type=float, default=d.max_audio_ahead_s,
+                   help="seconds of audio accepted ahead of the rendered stream before reading pauses")
+    p.add_argument("--silence-after", type=float, default=d.silence_after_s,
+                   help="seconds without audio after which silence is streamed (idle avatar)")
+    p.add_argument("--queue-segments", type=int, default=d.queue_segments,
+                   help="segments queued per client before the oldest is dropped")
+    p.add_argument("--ack-window", type=int, default=d.ack_window, help="unacknowledged segments in flight")
+    p.add_argument("--seed", type=int, default=0, help="weight seed of the tiny preset")
+    p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
+    p.add_argument("--log-level", default="info")
+    p.set_defaults(fn=run)
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> ServeConfig:
+    token = args.token if args.token is not None else os.environ.get("LIVEAVATAR_RT_TOKEN") or None
+    return ServeConfig(host=args.host, port=args.port, token=token, max_sessions=args.max_sessions,
+                       max_image_bytes=int(args.max_image_mb * MiB), max_image_pixels=args.max_image_pixels,
+                       max_message_bytes=int(args.max_message_mb * MiB), min_sample_rate=args.min_sample_rate,
+                       max_sample_rate=args.max_sample_rate, max_audio_ahead_s=args.max_audio_ahead,
+                       silence_after_s=args.silence_after, queue_segments=args.queue_segments,
+                       ack_window=args.ack_window)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .app import create_app
+    from .engine import Engine
+    from .server import uvicorn_config
+
+    try:
+        cfg = config_from_args(args)
+    except ValueError as e:
+        raise SystemExit(f"liveavatar-rt serve: {e}")
+    print(f"liveavatar-rt serve: loading {args.model}" + (f" on a TPP ring {args.tpp}" if args.tpp else ""),
+          file=sys.stderr)
+    engine = Engine.load(args.model, tpp=args.tpp, seed=args.seed, dtype=args.dtype)
+    if engine.note:
+        print(f"note: {engine.note}", file=sys.stderr)
+    app = create_app(engine, cfg)
+    auth = "bearer token required" if cfg.token else "no auth"
+    print(f"liveavatar-rt serve: http://{cfg.host}:{cfg.port}/ ({auth}, "
+          f"{app.state.server.capacity} session(s) at most)", file=sys.stderr)
+    try:
+        uvicorn.Server(uvicorn_config(app, cfg, args.log_level)).run()
+    finally:
+        engine.close()
+    return 0

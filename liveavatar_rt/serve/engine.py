@@ -1,0 +1,55 @@
+"""What the server renders with: one Pipeline shared by every session, or one TPP ring.
+
+    engine = Engine.load("tiny")                 # single process
+    engine = Engine.load("tiny", tpp="2+1")      # pipeline parallel on local processes
+    sess = engine.open(image, prompt=None, seed=0)   # Session / TPPSession (same API)
+
+The pipeline holds only weights, so sessions opened on it from several worker threads keep
+their state apart (engine/session.py). A TPP ring runs one session at a time, so its
+capacity is 1 whatever the server's max_sessions says.
+"""
+from __future__ import annotations
+
+import sys
+
+import torch
+
+
+class Engine:
+    def __init__(self, pipe, ring=None):
+        self.pipe, self.ring = pipe, ring
+        self.fps = int(pipe.stream.fps)
+        self.note = getattr(pipe, "note", "")
+
+    @classmethod
+    def load(cls, model: str = "tiny", tpp: str | None = None, seed: int = 0, dtype: str = "bf16",
+             device: str = "cpu") -> "Engine":
+        dt = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
+        if tpp:
+            from ..parallel.launch import spawn_local
+
+            ring = spawn_local(tpp, model=model, seed=seed, dtype=dt)
+            return cls(ring.pipe, ring)
+        from ..engine import Pipeline
+
+        return cls(Pipeline.from_pretrained(model, device=device, dtype=dt, seed=seed, quiet=True))
+
+    @property
+    def capacity_limit(self) -> int | None:
+        return 1 if self.ring is not None else None
+
+    def open(self, image, prompt: str | None = None, seed: int = 0):
+        """A streaming session (blocking: encodes the image and prefills, ~2 s for tiny on CPU)."""
+        with torch.no_grad():
+            if self.ring is not None:
+                if prompt is not None:
+                    raise ValueError("prompts are not supported on a TPP ring yet")
+                return self.ring.session(image, seed=seed)
+            return self.pipe.session(image, prompt=prompt, seed=seed)
+
+    def close(self) -> None:
+        if self.ring is not None:
+            try:
+                self.ring.close()
+            except Exception as e:  # shutting down: report, do not mask the caller's exit
+                print(f"liveavatar-rt serve: closing the TPP ring failed: {e!r}", file=sys.stderr)
