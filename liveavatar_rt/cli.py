@@ -1,4 +1,4 @@
-"""Command line: `liveavatar-rt generate | info`."""
+"""Command line: `liveavatar-rt generate | info | bench | eval`."""
 from __future__ import annotations
 
 import argparse
@@ -90,6 +90,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="liveavatar-rt", description="Live Avatar streaming inference runtime")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, devices, extension status and each op's providers").set_defaults(fn=info)
+    from .benchmark import cli as bench_cli
+    from .eval import cli as eval_cli
+
+    b = sub.add_parser("bench", help="end-to-end streaming benchmark: TTFF, FPS, stage times, memory, FLOP/s (JSON)")
+    bench_cli.add_arguments(b)
+    b.set_defaults(fn=bench_cli.run)
+    e = sub.add_parser("eval", help="long-horizon evaluation: lip sync, colour/identity drift, flicker (CSV, JSON, PNG)")
+    eval_cli.add_arguments(e)
+    e.set_defaults(fn=eval_cli.run)
     g = sub.add_parser("generate", help="render an MP4 of the avatar speaking an audio file")
     g.add_argument("--image", required=True, help="reference portrait (png/jpg/webp/...)")
     g.add_argument("--audio", required=True, help="speech audio file (wav/mp3/flac/m4a/...)")
@@ -103,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="timestep-forcing pipeline parallelism over local processes: '4+1' (4 DiT ranks + "
                         "a VAE rank), '2+1', '1+1', or 'R' (VAE on the last DiT rank)")
     g.set_defaults(fn=generate)
+    from .serve.cli import add_parser as add_serve_parser
+
+    add_serve_parser(sub)
     args = parser.parse_args(argv)
     return args.fn(args)
 
