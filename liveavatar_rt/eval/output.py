@@ -4,12 +4,12 @@ the JSON summary with a linear trend per metric, and a PNG with one panel per me
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 
+from ..benchmark.report import write_json  # noqa: F401  (re-exported: NaN -> null JSON)
 from .longrun import DRIFT_METRICS, ROW_FIELDS
 from .trend import linear_trend
 
@@ -55,17 +55,6 @@ def read_rows(path: str | Path) -> list[dict]:
         return [{k: float(r[k]) for k in ROW_FIELDS} for r in reader]
 
 
-def _clean(x):
-    """JSON has no NaN/inf: write them as null."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    return x
-
-
 def summarize(rows: list[dict]) -> dict:
     """Per metric: mean/std/min/max over windows and the linear trend vs video minutes; the
     verdicts `no_drift` (no drift metric has a trend, see TREND_*) and `all_finite`."""
@@ -90,11 +79,6 @@ def summarize(rows: list[dict]) -> dict:
                "all_finite": all(r["nonfinite"] == 0 for r in rows)}
     return {"metrics": out, "verdict": verdict, "windows": len(rows),
             "video_minutes": float(t.max()) if len(t) else 0.0}
-
-
-def write_json(path: str | Path, result: dict) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(_clean(result), indent=2) + "\n")
 
 
 def plot(rows: list[dict], path: str | Path, title: str = "") -> None:
