@@ -40,8 +40,9 @@ class StreamClient:
     def __init__(self, url: str, token: str | None = None, timeout: float = 10.0, max_size: int = 64 * 2 ** 20):
         headers = {"Authorization": f"Bearer {token}"} if token else None
         self.timeout = timeout
+        # legacy=True: a plain connection object (this class is the context manager)
         self.ws = connect(url, additional_headers=headers, open_timeout=timeout, close_timeout=timeout,
-                          max_size=max_size)
+                          max_size=max_size, legacy=True)
         self.ready: dict | None = None
         self.init: Segment | None = None
         self.done: dict | None = None
@@ -52,8 +53,11 @@ class StreamClient:
               prompt: str | None = None, timeout: float | None = None) -> dict:
         """Send "start" and wait for "ready" (ServerError if the server refuses)."""
         self.sample_format = fmt
-        self.send_json({"type": "start", "image": base64.b64encode(image).decode(), "prompt": prompt, "seed": seed,
-                        "audio": {"format": fmt, "sample_rate": sample_rate, "channels": channels}})
+        try:
+            self.send_json({"type": "start", "image": base64.b64encode(image).decode(), "prompt": prompt,
+                            "seed": seed, "audio": {"format": fmt, "sample_rate": sample_rate, "channels": channels}})
+        except ConnectionClosed:
+            pass  # refused on connect (busy, unauthorized): the error message is read below
         msg = self.recv_json(timeout or max(self.timeout, 60.0))
         if msg.get("type") != "ready":
             raise RuntimeError(f"expected 'ready', got {msg}")
@@ -77,7 +81,10 @@ class StreamClient:
         self.send_json({"type": "end"})
 
     def ack(self, seq: int) -> None:
-        self.send_json({"type": "ack", "seq": seq})
+        try:
+            self.send_json({"type": "ack", "seq": seq})
+        except ConnectionClosed:
+            pass  # the last segment's ack can cross the server's "done" + close: harmless
 
     # ---- receiving -------------------------------------------------------------------------
     def recv(self, timeout: float | None = None):

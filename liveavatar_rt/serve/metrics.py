@@ -128,10 +128,12 @@ class ServerStats:
                                 value=self.ttff_sum / self.ttff_count if self.ttff_count else float("nan"))
         per = {name: GaugeMetricFamily(f"liveavatar_session_{name}", help_, labels=["session"]) for name, help_ in [
             ("ttff_seconds", "time to first frame (first audio received -> first segment written)"),
-            ("fps", "steady frames per second written"), ("frames_dropped", "frames dropped"),
+            ("fps", "steady frames per second written"), ("frames_generated", "frames rendered"),
+            ("frames_dropped", "frames dropped"),
             ("frames_late", "frames late"), ("block_compute_seconds", "last block's model time")]}
         for s in live:
-            for name, value in [("ttff_seconds", s.ttff_s), ("fps", s.steady_fps), ("frames_dropped", s.frames_dropped),
+            for name, value in [("ttff_seconds", s.ttff_s), ("fps", s.steady_fps),
+                                ("frames_generated", s.frames_generated), ("frames_dropped", s.frames_dropped),
                                 ("frames_late", s.frames_late), ("block_compute_seconds", s.block_compute_s)]:
                 if value is not None:
                     per[name].add_metric([s.session], value)
