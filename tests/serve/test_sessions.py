@@ -2,6 +2,7 @@
 disconnects, silence, backpressure. Every wait is bounded."""
 from __future__ import annotations
 
+import io
 import json
 import socket
 import threading
@@ -9,11 +10,12 @@ import time
 
 import numpy as np
 import pytest
+from PIL import Image
 from websockets.exceptions import ConnectionClosed
 
 from liveavatar_rt.serve.client import ServerError, StreamClient
 
-from .conftest import PORTRAIT, decode_stream, http_get, metric, png_bytes, run_session, wait_until
+from .conftest import SIDE, decode_stream, http_get, metric, png_bytes, run_session, wait_until
 
 FULL_S = 1.5  # 24000 samples -> 38 video frames -> 4 blocks -> 9 + 3 * 12 = 45 frames
 
@@ -33,11 +35,11 @@ def solo(server, portrait, speech):
     return run_session(server.ws_url, portrait, pcm[:int(FULL_S * rate)], rate, seed=0)
 
 
-def test_full_session(server, engine, solo, speech):
+def test_full_session(server, engine, solo, speech, portrait):
     client, segments = solo
     pcm, rate = speech
     n = expected_frames(int(FULL_S * rate))
-    assert client.ready["width"] == 128 and client.ready["height"] == 128 and client.ready["fps"] == 25
+    assert client.ready["width"] == SIDE and client.ready["height"] == SIDE and client.ready["fps"] == 25
     assert client.init.meta["mime"].startswith('video/mp4; codecs="avc1.') and "mp4a.40.2" in client.init.meta["mime"]
     media = media_segments(segments)
     assert [s.meta["frames"] for s in media] == [9] + [12] * ((n - 9) // 12)
@@ -48,13 +50,14 @@ def test_full_session(server, engine, solo, speech):
 
     # The stream decodes, with every frame and its audio, both starting at t = 0.
     out = decode_stream(client.init.data, segments)
-    assert out["frames"].shape == (n, 128, 128, 3)
+    assert out["frames"].shape == (n, SIDE, SIDE, 3)
     assert out["first_audio_pts"] == 0
     assert n * 640 <= out["audio_samples"] < n * 640 + 2048  # AAC codes whole 1024-sample frames
 
     # The frames are the engine's frames, in order: each decoded frame is nearest to the
     # offline render's frame at the same index (H.264 is lossy, so not bit-exact).
-    ref = engine.pipe.generate(str(PORTRAIT), pcm[:int(FULL_S * rate)], rate, seed=0).frames
+    image = np.asarray(Image.open(io.BytesIO(portrait)).convert("RGB"))
+    ref = engine.pipe.generate(image, pcm[:int(FULL_S * rate)], rate, seed=0).frames
     assert ref.shape == out["frames"].shape
     a = out["frames"].reshape(n, -1).astype(np.float32)
     b = ref.reshape(n, -1).astype(np.float32)
@@ -85,7 +88,7 @@ def test_two_concurrent_sessions_are_isolated(server, portrait, speech, solo):
             results[name] = e
 
     threads = [threading.Thread(target=run, args=("a", portrait, pcm[:int(FULL_S * rate)], 0)),
-               threading.Thread(target=run, args=("b", png_bytes(160, 200, seed=3), pcm[-int(2.0 * rate):], 7))]
+               threading.Thread(target=run, args=("b", png_bytes(64, 80, seed=3), pcm[-int(2.0 * rate):], 7))]
     for t in threads:
         t.start()
     for t in threads:
@@ -168,19 +171,19 @@ def test_slow_client_is_dropped_not_buffered(start_server, portrait, speech):
     pcm, rate = speech
     with StreamClient(srv.ws_url, timeout=60) as c:
         c.start(portrait, sample_rate=rate)
-        c.send_audio(pcm[:int(4.0 * rate)])  # 9 blocks
+        c.send_audio(pcm[:int(2.5 * rate)])  # 6 blocks
         c.end()
         first = c.next_segment(timeout=60, ack=False)  # the one segment the window allows
         sid = c.ready["session"]
 
         def rendered():
             v = metric(http_get(srv.url + "/metrics")[1], "liveavatar_session_frames_generated", f'session="{sid}"')
-            return v == expected_frames(4 * rate)
+            return v == expected_frames(int(2.5 * rate))
 
         wait_until(rendered, 90, "every block to be rendered while the client stalls", interval=0.2)
         c.ack(first.meta["seq"])
         rest = list(c.segments(timeout=60, limit=100))
     stats = c.done["stats"]
     assert stats["dropped"] >= 24
-    assert stats["frames_sent"] + stats["dropped"] == stats["frames_generated"] == expected_frames(4 * rate)
+    assert stats["frames_sent"] + stats["dropped"] == stats["frames_generated"] == expected_frames(int(2.5 * rate))
     assert len(rest) <= 2  # the queue held at most queue_segments (the last block + the stream's tail)
