@@ -110,16 +110,19 @@ def wait_until(pred, timeout: float, what: str, interval: float = 0.05):
 
 
 def run_session(ws_url: str, image: bytes, pcm: np.ndarray, rate: int, seed: int = 0, chunk_s: float = 0.1,
-                timeout: float = 60.0, **client_kw):
-    """A whole session as fast as the server goes: start, all audio, end, every segment.
+                timeout: float = 60.0, realtime: bool = False, **client_kw):
+    """A whole session: start, all audio (at once, or paced in real time), end, every segment.
     Returns (client, segments); client.ready / .init / .done hold the rest."""
     from liveavatar_rt.serve.client import StreamClient
 
     with StreamClient(ws_url, timeout=timeout, **client_kw) as c:
         c.start(image, sample_rate=rate, seed=seed, timeout=timeout)
         step = int(chunk_s * rate)
+        t0 = time.monotonic()
         for i in range(0, len(pcm), step):
             c.send_audio(pcm[i:i + step])
+            if realtime:
+                time.sleep(max(0.0, t0 + (i + step) / rate - time.monotonic()))
         c.end()
         segments = list(c.segments(timeout=timeout, limit=1000))
     return c, segments
