@@ -1,0 +1,1 @@
+"""Training recipes (outside the runtime package liveavatar_rt)."""

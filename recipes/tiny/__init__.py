@@ -1,0 +1,1 @@
+"""Tiny Live Avatar training recipe: procedural talking-face data (see generate.py)."""
