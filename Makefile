@@ -28,7 +28,9 @@ TRITON_VERSION := 3.7.1
 # Installed after torch, so none of them can pull another torch.
 DEPS := "setuptools>=70.1" wheel "numpy>=1.26" "safetensors>=0.4" "tqdm>=4.66" "av>=12" "pillow>=10" \
 	"ninja>=1.11" "pytest>=8" "pytest-benchmark>=4" "triton==$(TRITON_VERSION)" \
-	"transformers==5.23.0" "sentencepiece==0.2.3" "matplotlib==3.11.2"
+	"transformers==5.23.0" "sentencepiece==0.2.3" "matplotlib==3.11.2" \
+	"fastapi==0.163.2" "starlette==1.10.0" "uvicorn==0.54.0" "websockets==17.4" "prometheus-client==0.26.0" \
+	"playwright==1.65.2"
 
 # Persistent caches inside the checkout (cold C++ builds take ~30-60 s on 2 cores); no ccache.
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/build/torch_extensions
