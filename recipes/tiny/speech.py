@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import math
 import os
 import pickle
 import threading
@@ -215,8 +216,11 @@ def resample_fft(x: np.ndarray, in_rate: int, out_rate: int) -> np.ndarray:
     n_out = int(round(m * out_rate / in_rate))
     if m == 0:
         return np.zeros(0, np.float32)
-    pad = m + max(256, m // 8)
-    n_pad_out = int(round(pad * out_rate / in_rate))
+    # The padded length must map to a whole number of output samples, or the output time
+    # axis would be stretched slightly (drifting by a fraction of a sample per second).
+    q = in_rate // math.gcd(in_rate, out_rate)
+    pad = -(-(m + max(256, m // 8)) // q) * q
+    n_pad_out = pad * out_rate // in_rate
     spec = np.fft.rfft(x.astype(np.float64), pad)
     keep = min(len(spec), n_pad_out // 2 + 1)
     out = np.fft.irfft(spec[:keep], n_pad_out) * (n_pad_out / pad)
