@@ -9,6 +9,8 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <optional>
+#include <tuple>
 
 namespace liveavatar_rt {
 
@@ -29,6 +31,17 @@ void modulate_out_cpu(at::Tensor& out, const at::Tensor& x_norm, const at::Tenso
 // with replays. rms_norm replays torch's cascade sum with this many lanes, so its fp32
 // statistic is bit-identical to `x.float().pow(2).mean(-1)`.
 int64_t torch_sum_lanes();
+
+// Block residual update (csrc/cpu/gated_residual.cpp), as ops/modulate.py::gated_residual:
+// fp32(x) + fp32(y) * gate; x, y: [B, L, C] fp32|bf16, gate: fp32 [B|1, F, C] per frame -> fp32.
+at::Tensor gated_residual_cpu(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate);
+// out: contiguous fp32 [B, L, C].
+void gated_residual_out_cpu(at::Tensor& out, const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate);
+
+// LayerNorm (csrc/cpu/layer_norm.cpp), as ops/norm.py::layer_norm: x [..., C] fp32|bf16,
+// optional weight/bias [C] (upcast to fp32) -> fp32 [..., C].
+at::Tensor layer_norm_cpu(const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                          const std::optional<at::Tensor>& bias, double eps);
 
 // Rolling-cache attention (csrc/cpu/rolling_attention.cpp), as liveavatar_rt/ops/rolling_attention.py:
 // q [B, Lq, H, D] (rotated) against [ring_k[:, :valid] ; RoPE(cond_k) with cond_cos/sin [Lc, D/2] fp32]

@@ -27,6 +27,15 @@ TORCH_LIBRARY(liveavatar_rt, m) {
   m.def("modulate(Tensor x_norm, Tensor shift, Tensor scale, ScalarType out_dtype) -> Tensor");
   // Out-variant of modulate: writes into `out` (contiguous [B, L, C]); out's dtype is out_dtype.
   m.def("modulate_out(Tensor! out, Tensor x_norm, Tensor shift, Tensor scale) -> ()");
+  // The block's fp32 residual update, as liveavatar_rt/ops/modulate.py::gated_residual:
+  // out = fp32(x) + fp32(y) * gate, with x, y: [B, L, C] fp32|bf16 and gate: fp32 [B|1, F, C]
+  // per frame of S = L / F tokens (as modulate's shift) -> fp32 [B, L, C] (contiguous).
+  m.def("gated_residual(Tensor x, Tensor y, Tensor gate) -> Tensor");
+  // Out-variant of gated_residual: writes into `out` (contiguous fp32 [B, L, C]).
+  m.def("gated_residual_out(Tensor! out, Tensor x, Tensor y, Tensor gate) -> ()");
+  // LayerNorm over the last dim, as liveavatar_rt/ops/norm.py::layer_norm: fp32 statistics,
+  // optional affine weight/bias [C] upcast to fp32. x: [..., C] fp32|bf16 -> fp32 [..., C].
+  m.def("layer_norm(Tensor x, Tensor? weight, Tensor? bias, float eps) -> Tensor");
   // One streaming block's attention over [ring cache ; conditioning], as
   // liveavatar_rt/ops/rolling_attention.py: keys = [ring_k[:, :valid] ; rope(cond_k, cos, sin)],
   // values = [ring_v[:, :valid] ; cond_v], exact softmax with fp32 softmax and accumulation,
@@ -51,6 +60,9 @@ TORCH_LIBRARY_IMPL(liveavatar_rt, CPU, m) {
   m.impl("rms_norm_out", &liveavatar_rt::rms_norm_out_cpu);
   m.impl("modulate", &liveavatar_rt::modulate_cpu);
   m.impl("modulate_out", &liveavatar_rt::modulate_out_cpu);
+  m.impl("gated_residual", &liveavatar_rt::gated_residual_cpu);
+  m.impl("gated_residual_out", &liveavatar_rt::gated_residual_out_cpu);
+  m.impl("layer_norm", &liveavatar_rt::layer_norm_cpu);
   m.impl("rolling_attention", &liveavatar_rt::rolling_attention_cpu);
   m.impl("qk_norm_rope", &liveavatar_rt::qk_norm_rope_cpu);
   m.impl("qk_norm_rope_out", &liveavatar_rt::qk_norm_rope_out_cpu);

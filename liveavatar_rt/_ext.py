@@ -43,6 +43,18 @@ def _register_fakes() -> None:
     def _modulate_out_fake(out, x_norm, shift, scale):
         return None
 
+    @torch.library.register_fake("liveavatar_rt::gated_residual")
+    def _gated_residual_fake(x, y, gate):
+        return x.new_empty(x.shape, dtype=torch.float32)
+
+    @torch.library.register_fake("liveavatar_rt::gated_residual_out")
+    def _gated_residual_out_fake(out, x, y, gate):
+        return None
+
+    @torch.library.register_fake("liveavatar_rt::layer_norm")
+    def _layer_norm_fake(x, weight, bias, eps):
+        return x.new_empty(x.shape, dtype=torch.float32)
+
     @torch.library.register_fake("liveavatar_rt::rolling_attention")
     def _rolling_attention_fake(q, ring_k, ring_v, valid, cond_k, cond_v, cond_cos, cond_sin):
         return torch.empty_like(q, memory_format=torch.contiguous_format)

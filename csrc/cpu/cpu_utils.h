@@ -30,11 +30,14 @@ inline float bf16_bits_to_float(uint16_t h) {
 }
 
 // Round to nearest even, NaN -> 0x7FC0: c10::BFloat16(float) written so loops vectorise.
+// The NaN test is on the integer bits: with std::isnan (a float compare) GCC kept every loop
+// that stores bf16 scalar, ~7x slower (perf: rms_norm's output loop).
 inline uint16_t float_to_bf16_bits(float f) {
   uint32_t u;
   std::memcpy(&u, &f, sizeof(u));
   const uint32_t rounded = (u + (((u >> 16) & 1u) + 0x7FFFu)) >> 16;
-  return std::isnan(f) ? uint16_t(0x7FC0) : static_cast<uint16_t>(rounded);
+  const bool nan = (u & 0x7FFFFFFFu) > 0x7F800000u;
+  return static_cast<uint16_t>(nan ? 0x7FC0u : rounded);
 }
 
 inline float load_float(const float* p, int64_t i) { return p[i]; }

@@ -41,22 +41,24 @@ struct QkArgs {
 // One token of q (which = 0) or k (which = 1); `n` is a [C] fp32 scratch row. Simple loops
 // per stage so that each one vectorises (the pair loop de-interleaves by itself).
 template <typename T>
-inline void norm_rope_row(const QkArgs& a, int which, int64_t r, float* n) {
+inline void norm_rope_row(const QkArgs& a, int which, int64_t r, float* __restrict n) {
   const T* x = static_cast<const T*>(a.x[which]) + a.rows[which].offset(r);
   const int64_t b = r / a.L, l = r % a.L, C = a.C, D = a.D, half = a.D / 2;
+  // The row widened to fp32 in `n` first: GCC keeps the lane sum scalar on bf16 loads.
+  for (int64_t c = 0; c < C; ++c) n[c] = load_float(x, c);
   // fp32 sum of squares in 16 independent lanes (vectorises without reassociation).
   float lane[16] = {};
   int64_t c = 0;
   for (; c + 16 <= C; c += 16) {
-    for (int k = 0; k < 16; ++k) lane[k] += load_float(x, c + k) * load_float(x, c + k);
+    for (int k = 0; k < 16; ++k) lane[k] += n[c + k] * n[c + k];
   }
   float sum = 0.f;
-  for (; c < C; ++c) sum += load_float(x, c) * load_float(x, c);
+  for (; c < C; ++c) sum += n[c] * n[c];
   for (float v : lane) sum += v;
   const float inv = 1.f / std::sqrt(sum / static_cast<float>(C) + a.eps);
   const T* rt = nullptr;  // rounding tag: values as stored in T
-  const float* w = a.w[which];
-  for (c = 0; c < C; ++c) n[c] = round_to(round_to(load_float(x, c) * inv, rt) * w[c], rt);
+  const float* __restrict w = a.w[which];
+  for (c = 0; c < C; ++c) n[c] = round_to(round_to(n[c] * inv, rt) * w[c], rt);
   const float* cs = a.cos + l * half;
   const float* sn = a.sin + l * half;
   for (int64_t h = 0; h < a.H; ++h) {

@@ -2,7 +2,7 @@
 from . import attention, conv, linear, modulate, norm, rope, vae_ops  # noqa: F401  (populate the registry)
 from .linear import patch_conv
 from .registry import OPS, OpTable, define
-from . import cpu_providers  # noqa: F401  (C++ CPU providers; liveavatar_rt._C loads lazily)
+from . import cpu_block_providers, cpu_providers  # noqa: F401  (C++ CPU providers; liveavatar_rt._C loads lazily)
 from . import qk_norm_rope, rolling_attention, triton_providers  # noqa: F401  (fused ops; Triton loads lazily)
 
 __all__ = ["OPS", "OpTable", "define", "patch_conv"]
