@@ -1,6 +1,6 @@
 """`liveavatar-rt bench` / `python -m bench.e2e`: arguments -> run -> printed summary + JSON.
 
-    liveavatar-rt bench --preset tiny --json out/bench.json            # ~1 min here
+    liveavatar-rt bench --preset tiny --json out/bench.json            # < 1 min here (1 thread)
     liveavatar-rt bench --preset tiny --compare --json out/compare.json
     liveavatar-rt bench --preset tiny --layout 2+1 --json out/tpp.json # TPP ranks on local processes
 """
@@ -26,6 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--provider", default=None, help="force providers, e.g. 'ref' (LIVEAVATAR_RT_PROVIDER syntax)")
     p.add_argument("--no-encode", dest="encode", action="store_false", help="skip the MP4 encode stage")
+    p.add_argument("--threads", type=int, default=BenchConfig.threads,
+                   help="torch CPU threads for the run (0: torch's default); recorded in the JSON")
     p.add_argument("--peak-n", type=int, default=BenchConfig.peak_n, help="size of the square matmul peak probe")
     p.add_argument("--compare", action="store_true",
                    help="also run with reference ops everywhere: speedup + output match (exit 1 on mismatch)")
@@ -37,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = BenchConfig(model=args.model, blocks=args.blocks, warmup=args.warmup, image=args.image, audio=args.audio,
                       seed=args.seed, dtype=args.dtype, device=args.device, provider=args.provider,
-                      layout=args.layout, encode=args.encode, peak_n=args.peak_n)
+                      layout=args.layout, encode=args.encode, peak_n=args.peak_n,
+                      threads=args.threads)
     if args.compare:
         from .compare import run_compare
 

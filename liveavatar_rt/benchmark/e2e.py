@@ -35,7 +35,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 @dataclass(frozen=True)
 class BenchConfig:
     model: str = "tiny"  # preset name or a published-layout directory
-    blocks: int = 40  # 40 blocks of 12 frames = 19 s of video
+    blocks: int = 30  # 30 blocks of 12 frames = 14.3 s of video
     warmup: int = 3
     image: str = str(EXAMPLE / "portrait.png")
     audio: str = str(EXAMPLE / "speech.wav")  # looped to the length the blocks need
@@ -46,6 +46,10 @@ class BenchConfig:
     layout: str = "1"  # "1": one process; a TPP layout ("4+1", "2+1", "2", ...) spawns local ranks
     encode: bool = True
     peak_n: int = 2048
+    # torch CPU threads for the whole run (matmul peak included); 0 keeps torch's default. One by
+    # default: on a shared machine a team of OpenMP threads spinning on oversubscribed cores
+    # turns other processes' load into 10x outliers, one thread degrades gracefully.
+    threads: int = 1
 
     def __post_init__(self) -> None:
         if self.blocks < 1:
@@ -54,6 +58,8 @@ class BenchConfig:
             raise ValueError(f"warmup must be in [0, blocks), got warmup={self.warmup}, blocks={self.blocks}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0 (0: torch's default), got {self.threads}")
         if self.layout != "1" and self.provider is not None:
             raise ValueError("--provider applies to one process; TPP ranks choose their own providers")
 
@@ -92,6 +98,8 @@ def run_session(cfg: BenchConfig, keep_outputs: bool = False) -> dict:
     {"load_s", "setup_s", "warm_ttff_s", "per_block": [timings dict per block], "frames": [n per block],
      "hw": (H, W), "latent_hw", "note", "providers", "outputs": {"latents", "video"} if keep_outputs}."""
     reset_gpu_peak()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()
     front, pipe, close = _open(cfg)
     load_s = time.perf_counter() - t0
@@ -160,6 +168,8 @@ def bench(cfg: BenchConfig, raw: dict | None = None, peak: dict | None = None) -
     from .peak import matmul_peak
 
     raw = raw if raw is not None else run_session(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     peak = peak if peak is not None else matmul_peak(cfg.peak_n, DTYPES["bf16"] if cfg.dtype == "bf16"
                                                      else torch.float32, cfg.device)
     per, frames, stream, mcfg = raw["per_block"], raw["frames"], raw["stream"], raw["cfg_model"]

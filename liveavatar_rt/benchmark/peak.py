@@ -19,7 +19,7 @@ def _sync(device: torch.device) -> None:
 
 
 def matmul_peak(n: int = 2048, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu",
-                repeats: int = 5) -> dict:
+                repeats: int = 8) -> dict:
     """-> {"flops_per_s", "n", "dtype", "repeats", "best_seconds", "median_seconds"}."""
     if n < 1 or repeats < 1:
         raise ValueError(f"need n >= 1 and repeats >= 1, got n={n}, repeats={repeats}")
