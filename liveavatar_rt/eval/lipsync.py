@@ -8,9 +8,10 @@ box's skin level (the 75th percentile of luma in the box, so lips, teeth and the
 not move the reference as long as they cover less than a quarter of the box). Darkness is soft:
 0 at >= 0.55x the skin luma, 1 at <= 0.3x, linear between (anti-aliased edges count partly).
 Dark runs that touch the box's top or bottom edge are dropped (outside the face: see
-the code). Per column, the dark height is summed; the opening is the mean over the darkest 30% of columns,
-divided by the box height. It is a height, not an area, so lip rounding/spreading (mouth width)
-barely changes it, and a ratio to the skin level, so it holds for light and dark skin alike.
+the code). Per column, the dark height is summed; the opening is the mean over the darkest
+30% of columns, divided by the box height. It is a height, not an area, so lip rounding or
+spreading (mouth width) barely changes it, and a ratio to the skin level, so it holds for
+light and dark skin alike.
 Needs: the box covers the mouth over the whole sequence and mostly face skin around it.
 
 Correlation: Pearson r between measured[t + lag] and truth[t] for lag in [-max_lag, max_lag]

@@ -31,12 +31,14 @@ class ClipDataset:
             files = [(r["file"], r["identity_seed"]) for r in recs]
         else:
             # clip_<seed>.npz: identity seed == clip seed for generated clips
-            files = [(p.name, int(p.stem.split("_")[1])) for p in sorted(self.root.glob("clip_*.npz"))]
+            files = [(p.name, int(p.stem.split("_")[1]))
+                     for p in sorted(self.root.glob("clip_*.npz"))]
         if heldout is not None:
             files = [f for f in files if (f[1] >= HELDOUT_START) == heldout]
         self.files = [self.root / f for f, _ in files]
         if not self.files:
-            raise FileNotFoundError(f"no clips in {self.root} (run python -m recipes.tiny.generate)")
+            raise FileNotFoundError(f"no clips in {self.root} "
+                                    "(run python -m recipes.tiny.generate)")
 
     def __len__(self) -> int:
         return len(self.files)
