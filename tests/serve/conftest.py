@@ -142,3 +142,10 @@ def decode_stream(init: bytes, segments) -> dict:
             samples += f.samples
     return {"frames": np.stack(frames) if frames else np.zeros((0,)), "audio_samples": samples,
             "first_audio_pts": first_audio_pts}
+
+
+def wait_idle(srv, timeout: float = 30.0) -> None:
+    """Until the server has no session open (teardown runs just after "done" is sent)."""
+    import json
+
+    wait_until(lambda: json.loads(http_get(srv.url + "/healthz")[1])["sessions"] == 0, timeout, "an idle server")

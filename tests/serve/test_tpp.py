@@ -1,0 +1,51 @@
+"""`serve --tpp`: the same protocol on a pipeline-parallel ring (1+1 local gloo processes).
+TPP is bit-identical to one process, so the streamed bytes equal the single-process server's;
+the ring takes one session at a time (capacity 1), and back-to-back sessions work."""
+from __future__ import annotations
+
+import pytest
+
+from liveavatar_rt.serve.client import ServerError, StreamClient
+
+from .conftest import run_session, wait_idle
+
+
+@pytest.fixture(scope="module")
+def tpp_server(start_server):
+    from liveavatar_rt.serve.app import create_app
+    from liveavatar_rt.serve.config import ServeConfig
+    from liveavatar_rt.serve.engine import Engine
+    from liveavatar_rt.serve.server import BackgroundServer
+
+    from .conftest import TEST_LIMITS
+
+    engine = Engine.load("tiny", tpp="1+1")
+    cfg = ServeConfig(**TEST_LIMITS)  # asks for 2 sessions; the ring caps it at 1
+    srv = BackgroundServer(create_app(engine, cfg), cfg).start()
+    yield srv
+    srv.stop()
+    engine.close()
+
+
+def test_tpp_server_streams_the_single_process_bytes(tpp_server, server, portrait, speech):
+    pcm, rate = speech
+    audio = pcm[:int(1.5 * rate)]
+    c1, ring_segments = run_session(tpp_server.ws_url, portrait, audio, rate, seed=0)
+    c0, local_segments = run_session(server.ws_url, portrait, audio, rate, seed=0)
+    assert c1.init.data == c0.init.data
+    assert [s.data for s in ring_segments] == [s.data for s in local_segments]
+    # a second session on the ring after the first one ended
+    wait_idle(tpp_server)
+    c2, again = run_session(tpp_server.ws_url, portrait, audio, rate, seed=0)
+    assert [s.data for s in again] == [s.data for s in local_segments]
+
+
+def test_tpp_server_capacity_is_one(tpp_server, portrait, speech):
+    _, rate = speech
+    wait_idle(tpp_server)
+    with StreamClient(tpp_server.ws_url, timeout=60) as held:
+        held.start(portrait, sample_rate=rate)
+        with StreamClient(tpp_server.ws_url, timeout=10) as second:
+            with pytest.raises(ServerError) as err:
+                second.start(portrait, sample_rate=rate)
+    assert err.value.code == "busy" and "(1 sessions)" in err.value.message
