@@ -67,3 +67,27 @@ def test_resample_fft_keeps_a_tone():
     y = resample_fft(tone(22050), 22050, 16000)
     assert len(y) == 16000 and y.dtype == np.float32
     assert np.max(np.abs(y - tone(16000))) < 2e-3
+
+
+@pytest.mark.parametrize("voice", [Voice("en-us", 170), Voice("en-gb-scotland+m3", 140)])
+def test_speech_onsets_after_pauses_match_phoneme_starts(voice):
+    # where a pause ends, the energy must rise within a few ms of the next phoneme's start
+    # words after the commas start with loud (voiced) sounds, so the onset is well defined
+    sp = synthesize("one two three, nine men, and many more, nine ten", voice)
+    x = sp.pcm.astype(np.float64)
+    env = np.sqrt(np.convolve(x * x, np.ones(80) / 80, "same"))  # 5 ms RMS
+    loud = 0.1 * np.median([_rms(sp.pcm, a, b) for n, a, b in sp.phonemes
+                            if targets(n)[0][0] >= 0.45])
+    onsets, pause = 0, 0.0
+    for name, a, b in sp.phonemes:
+        if name.startswith("_"):
+            pause += b - a  # '_:' then a short '_': one pause
+            continue
+        if pause > 0.05:
+            s = int(a * SAMPLE_RATE)
+            lo = s - int(0.06 * SAMPLE_RATE)
+            first = lo + np.nonzero(env[lo: s + int(0.1 * SAMPLE_RATE)] > loud)[0][0]
+            assert abs(first - s) / SAMPLE_RATE < 0.01, (name, a, (first - s) / SAMPLE_RATE)
+            onsets += 1
+        pause = 0.0
+    assert onsets >= 3
