@@ -8,9 +8,9 @@ blink: 0 (open) .. 1 (shut).
 
 Speed: the static parts are drawn once per renderer: the background + shoulders (RGB) and the
 head without its moving features (hair, ears, face, hat: RGBA). Per frame only the features
-(brows, eyes, nose, mouth, glasses) are drawn onto a copy of the head, which is then moved by
-one affine warp and composited. Everything is drawn at SS x the output size and box-reduced,
-which anti-aliases the edges (~1-2 ms per 128 px frame).
+(brows, eyes, nose, mouth, glasses) are drawn onto a copy of the head, which is box-reduced
+from SS x the output size (anti-aliasing), moved by one bilinear affine warp and composited
+(~1.5 ms per 128 px frame on an idle core).
 """
 from __future__ import annotations
 
@@ -248,7 +248,7 @@ class FaceRenderer:
         self.idn, self.size, self.n = identity, int(size), int(size) * SS
         bg = _background(identity, self.n)
         _body(ImageDraw.Draw(bg), identity, self.n)
-        self.bg = bg.convert("RGBA")
+        self.bg = bg.reduce(SS).convert("RGBA")
         self.head = _head(identity, self.n)
 
     def frame(self, pose, mouth, blink: float = 0.0) -> np.ndarray:
@@ -258,11 +258,15 @@ class FaceRenderer:
             raise ValueError(f"pose must be (dx, dy, roll, scale, yaw), got shape {pose.shape}")
         head = self.head.copy()
         _features(ImageDraw.Draw(head), self.idn, mouth, float(blink), float(pose[4]), self.n)
-        m = np.vstack([pose_matrix(self.idn, pose, self.n), [0, 0, 1]])
+        # Box-reduce first (the anti-aliasing), then warp at the output size: 4x fewer pixels
+        # through the warp, which dominates the cost. Premultiplied alpha ("RGBa") so that
+        # averaging with transparent pixels does not darken the head's outline.
+        head = head.convert("RGBa").reduce(SS)
+        m = np.vstack([pose_matrix(self.idn, pose, self.size), [0, 0, 1]])
         inv = np.linalg.inv(m)[:2].ravel()
-        head = head.transform((self.n, self.n), Image.AFFINE, tuple(inv), Image.BILINEAR)
-        out = Image.alpha_composite(self.bg, head).convert("RGB")
-        return np.asarray(out.reduce(SS))
+        head = head.transform((self.size, self.size), Image.AFFINE, tuple(inv), Image.BILINEAR)
+        out = Image.alpha_composite(self.bg, head.convert("RGBA")).convert("RGB")
+        return np.asarray(out)
 
 
 @lru_cache(maxsize=4)
