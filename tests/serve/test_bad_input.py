@@ -62,7 +62,7 @@ def healthy(server, portrait, speech):
 
     def run():
         try:
-            result["ok"] = run_session(server.ws_url, portrait, pcm[:int(3.0 * rate)], rate, chunk_s=0.04,
+            result["ok"] = run_session(server.ws_url, portrait, pcm[:int(2.0 * rate)], rate, chunk_s=0.04,
                                        realtime=True)
         except BaseException as e:  # checked by test_healthy_session_unaffected
             result["error"] = e
@@ -156,7 +156,7 @@ def test_healthy_session_unaffected(server, healthy, speech):
     assert "error" not in result, result.get("error")
     client, segments = result["ok"]
     pcm, rate = speech
-    n16k = int(3.0 * rate)
+    n16k = int(2.0 * rate)
     blocks = -(-(-(-n16k // 640)) // 12)
     assert client.done["stats"]["frames_sent"] == 12 * blocks - 3
     assert client.done["stats"]["dropped"] == 0

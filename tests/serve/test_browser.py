@@ -1,6 +1,7 @@
 """End to end in headless Chromium (Debian's /usr/bin/chromium driven by Python Playwright;
 no browser download): load the page, choose a portrait and an audio file, stream, and check
-that video frames are painted (requestVideoFrameCallback) with a measured TTFF.
+that video frames are painted (requestVideoFrameCallback) with a measured TTFF; then the same
+with the microphone (Chromium's fake capture device).
 
 Skipped when Chromium or Playwright is missing, unless LIVEAVATAR_RT_REQUIRE_BROWSER=1 (CI
 sets it, so there the test cannot silently vanish)."""
@@ -17,7 +18,9 @@ import pytest
 CHROMIUM = os.environ.get("LIVEAVATAR_RT_CHROMIUM", "/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync", "--mute-audio",
-         "--autoplay-policy=no-user-gesture-required"]
+         "--autoplay-policy=no-user-gesture-required",
+         # the microphone case: Chromium's built-in fake capture device (a beeping tone), auto-allowed
+         "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
 AUDIO_S = 2.5
 
 
@@ -78,6 +81,15 @@ def test_page_streams_an_audio_file(server, portrait, speech, tmp_path):
                 const n = d.length / 4;
                 return {w: v.videoWidth, h: v.videoHeight, std: Math.sqrt(s2 / n - (s / n) ** 2)};
             }""")
+            # the microphone: stream until a second of frames is shown, then Stop
+            page.goto(server.url + "/", timeout=30000)
+            page.set_input_files("#image", str(png))
+            page.check("input[name=source][value=mic]")
+            page.click("#start")
+            page.wait_for_function("() => window.liveavatar.framesShown >= 25 || window.liveavatar.state === 'error'",
+                                   timeout=60000)
+            mic = page.evaluate("() => window.liveavatar")
+            page.click("#stop")
         finally:
             browser.close()
     n16k = int(AUDIO_S * rate)
@@ -87,3 +99,5 @@ def test_page_streams_an_audio_file(server, portrait, speech, tmp_path):
     assert stats["framesShown"] >= 25
     assert stats["ttffMs"] is not None and stats["ttffMs"] > 0
     assert (shown["w"], shown["h"]) == (64, 64) and shown["std"] > 1.0
+    assert mic["state"] == "streaming" and not mic["errors"], (mic, console)
+    assert mic["framesShown"] >= 25 and mic["ttffMs"] > 0 and mic["server"]["audio_s"] > 0.4
