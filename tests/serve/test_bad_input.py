@@ -163,3 +163,8 @@ def test_healthy_session_unaffected(server, healthy, speech):
     _, text = http_get(server.url + "/metrics")
     assert metric(text, "liveavatar_errors_total", 'code="bad_image"') >= 3
     assert metric(text, "liveavatar_sessions_active") == 0
+
+
+def test_silent_client_times_out(start_server):
+    srv = start_server(start_timeout_s=0.5)
+    assert "0.5 s" in expect_error(srv.ws_url, [], "start_timeout", 1008)

@@ -187,3 +187,49 @@ def test_slow_client_is_dropped_not_buffered(start_server, portrait, speech):
     assert stats["dropped"] >= 24
     assert stats["frames_sent"] + stats["dropped"] == stats["frames_generated"] == expected_frames(int(2.5 * rate))
     assert len(rest) <= 2  # the queue held at most queue_segments (the last block + the stream's tail)
+
+
+class FailingEngine:
+    """The real engine, but every session's block 1 raises, as a failing kernel would."""
+
+    def __init__(self, inner):
+        self.inner, self.fps, self.note, self.capacity_limit = inner, inner.fps, inner.note, None
+
+    def open(self, image, prompt=None, seed=0):
+        sess = self.inner.open(image, prompt=prompt, seed=seed)
+        generate = sess._generate
+
+        def failing(n):
+            if n == 1:
+                raise RuntimeError("simulated kernel failure")
+            return generate(n)
+
+        sess._generate = failing
+        return sess
+
+
+def test_model_failure_ends_only_that_session(engine, portrait, speech):
+    from liveavatar_rt.serve.app import create_app
+    from liveavatar_rt.serve.config import ServeConfig
+    from liveavatar_rt.serve.server import BackgroundServer
+
+    from .conftest import TEST_LIMITS
+
+    pcm, rate = speech
+    cfg = ServeConfig(**TEST_LIMITS)
+    with BackgroundServer(create_app(FailingEngine(engine), cfg), cfg) as srv:
+        with StreamClient(srv.ws_url, timeout=60) as c:
+            c.start(portrait, sample_rate=rate)
+            c.send_audio(pcm[:int(1.5 * rate)])
+            assert c.next_segment(timeout=60).meta["block"] == 0
+            with pytest.raises(ServerError) as err:
+                c.next_segment(timeout=60)
+        assert err.value.code == "internal" and "simulated kernel failure" in err.value.message
+        wait_until(lambda: json.loads(http_get(srv.url + "/healthz")[1])["sessions"] == 0, 30, "teardown")
+        _, text = http_get(srv.url + "/metrics")
+        assert metric(text, "liveavatar_errors_total", 'code="internal"') == 1
+        # the process still serves: block 0 of a new session comes out
+        with StreamClient(srv.ws_url, timeout=60) as c:
+            c.start(portrait, sample_rate=rate)
+            c.send_audio(pcm[:int(0.5 * rate)])
+            assert c.next_segment(timeout=60).meta["frames"] == 9
