@@ -73,18 +73,27 @@ class Pipeline:
         Wan2.1_VAE.pth)."""
         ops = OpTable(device, dtype, force=force_provider)
         if str(name_or_path) == "tiny":
-            cfg: ModelConfig = from_name("tiny")
-            ckpt = PACKAGED_WEIGHTS / "tiny.safetensors"
-            if ckpt.is_file():
-                raise NotImplementedError("packaged tiny weights are not wired yet")
-            model = init_random_(CausalWanS2V(cfg, ops), seed=seed, device=device)
-            vae = WanVAE(TINY_VAE, dtype=dtype, device=device, ops=ops).init_random_(seed)
-            note = ("model 'tiny' has no trained weights yet: using seeded random weights "
-                    f"(seed {seed}); the video shows noise, not a face")
-            if not quiet:
-                print(f"liveavatar_rt: {note}", file=sys.stderr)
-            return cls(model, vae, max_area=TINY_MAX_AREA, note=note)
+            return cls._tiny(ops, device, dtype, seed, quiet)
         return cls._from_directory(Path(name_or_path), ops, device, dtype, quiet)
+
+    @classmethod
+    def _tiny(cls, ops: OpTable, device: str, dtype: torch.dtype, seed: int, quiet: bool) -> "Pipeline":
+        """The bundled trained tiny model when its weights file is there; otherwise (a checkout
+        that has not shipped them yet, or `LIVEAVATAR_RT_TINY_RANDOM=1` for tests of the code
+        paths only) seeded random weights, said loudly."""
+        ckpt = PACKAGED_WEIGHTS / "tiny.safetensors"
+        if ckpt.is_file() and os.environ.get("LIVEAVATAR_RT_TINY_RANDOM", "") in ("", "0"):
+            from ..io.tiny import load_tiny
+
+            model, vae, meta = load_tiny(ckpt, ops)
+            return cls(model, vae, max_area=TINY_MAX_AREA, note="")
+        model = init_random_(CausalWanS2V(from_name("tiny"), ops), seed=seed, device=device)
+        vae = WanVAE(TINY_VAE, dtype=dtype, device=device, ops=ops).init_random_(seed)
+        note = ("model 'tiny' without trained weights: using seeded random weights "
+                f"(seed {seed}); the video shows noise, not a face")
+        if not quiet:
+            print(f"liveavatar_rt: {note}", file=sys.stderr)
+        return cls(model, vae, max_area=TINY_MAX_AREA, note=note)
 
     @classmethod
     def _from_directory(cls, root: Path, ops: OpTable, device: str, dtype: torch.dtype, quiet: bool) -> "Pipeline":

@@ -135,23 +135,36 @@ class CausalWanS2V(nn.Module):
         w = self.trainable_cond_mask.weight.to(self.ops.dtype)
         return torch.cat([ref + w[1], mot + w[2]], dim=1)
 
-    @torch.no_grad()
-    def prefill(self, ref_latent: torch.Tensor, motion: torch.Tensor, text_kv: TextKV,
-                attend: Callable[[int], AttendFn]) -> None:
-        """The t = 0 conditioning pass; `attend(layer)` records each layer's K/V."""
+    def cond_pass(self, ref_latent: torch.Tensor, motion: torch.Tensor, text_kv: TextKV,
+                  attend: Callable[[int], AttendFn]) -> torch.Tensor:
+        """The t = 0 conditioning pass (differentiable); `attend(layer)` sees each layer's
+        q/k/v of the conditioning tokens. Returns the last hidden states [B, Lc, C]."""
         x = self.cond_tokens(ref_latent, motion)
         _, e0 = self.time_embed(torch.zeros(x.shape[0], 1))
         for i, blk in enumerate(self.blocks):
             x = blk(x, e0, text_kv[i], attend(i))
+        return x
+
+    @torch.no_grad()
+    def prefill(self, ref_latent: torch.Tensor, motion: torch.Tensor, text_kv: TextKV,
+                attend: Callable[[int], AttendFn]) -> None:
+        """Inference: the conditioning pass; `attend(layer)` records each layer's K/V."""
+        self.cond_pass(ref_latent, motion, text_kv, attend)
 
     @torch.no_grad()
     def forward_block(self, latent: torch.Tensor, t: torch.Tensor, cond_states: torch.Tensor, text_kv: TextKV,
                       audio: tuple[torch.Tensor, torch.Tensor], attend: Callable[[int], AttendFn]) -> torch.Tensor:
-        """One denoising step of one block.
+        """Inference: one denoising step of one block (see `forward`)."""
+        return self(latent, t, cond_states, text_kv, audio, attend)
+
+    def forward(self, latent: torch.Tensor, t: torch.Tensor, cond_states: torch.Tensor, text_kv: TextKV,
+                audio: tuple[torch.Tensor, torch.Tensor], attend: Callable[[int], AttendFn]) -> torch.Tensor:
+        """The velocity of noisy latent frames (differentiable; training calls it directly).
 
         latent: [B, 16, F, h, w]; t: [B, F] timesteps; cond_states: [B, 16, F, h, w] (pose,
-        zeros when absent); audio: `audio_tokens(...)` for this block. -> velocity, same shape
-        as latent, in the compute dtype."""
+        zeros when absent); audio: `audio_tokens(...)` for these frames; `attend(layer)` decides
+        what each frame attends to (the ring cache at inference, a mask in training).
+        -> velocity, same shape as latent, in the compute dtype."""
         B, _, Fr, H, W = latent.shape
         x = self.patch_embedding(latent) + self.cond_encoder(cond_states)
         x = x + self.trainable_cond_mask.weight[0].to(x.dtype)

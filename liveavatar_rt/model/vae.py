@@ -194,13 +194,20 @@ class WanVAE(nn.Module):
         tf, sf = self.config.time_factor, self.config.space_factor
         if video.dim() != 4 or video.shape[0] != 3 or (video.shape[1] - 1) % tf or video.shape[2] % sf or video.shape[3] % sf:
             raise ValueError(f"encode: expected video [3, 1+{tf}k, H, W] with H, W divisible by {sf}, got {tuple(video.shape)}")
-        x = video.to(device=self.latent_mean.device, dtype=self.dtype)[None]
+        mu, _ = self.moments(video.to(device=self.latent_mean.device, dtype=self.dtype)[None])
+        z = (mu - self._stat(self.latent_mean)) * self._stat(self.latent_inv_std)
+        return z[0].float()
+
+    def moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B, 3, 1+4k, H, W] (compute dtype) -> un-normalised (mu, log_var) [B, z, 1+k, h, w].
+
+        Differentiable (training uses it): a fresh cache, chunks of 1, 4, 4, ... frames as
+        published, `conv1` over the whole latent."""
+        tf = self.config.time_factor
         cache = CausalCache(self.encoder.n_slots)
         starts = [0, *range(1, x.shape[2], tf)]
         chunks = [self.encoder(x[:, :, s:(1 if s == 0 else s + tf)], cache) for s in starts]
-        mu = self.conv1(torch.cat(chunks, dim=2))[:, : self.config.z_dim]
-        z = (mu - self._stat(self.latent_mean)) * self._stat(self.latent_inv_std)
-        return z[0].float()
+        return self.conv1(torch.cat(chunks, dim=2)).chunk(2, dim=1)
 
     # -- decode ---------------------------------------------------------------------------
 
@@ -237,12 +244,17 @@ class WanVAE(nn.Module):
         # The pipeline's latents are already in the compute dtype; de-normalise in that dtype.
         z = latent.to(device=self.latent_mean.device, dtype=self.dtype)[None]
         z = z / self._stat(self.latent_inv_std) + self._stat(self.latent_mean)
+        return self.decode_raw(z, cache)[0].float().clamp_(-1, 1)
+
+    def decode_raw(self, z: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+        """Un-normalised z [B, z_dim, F, h, w] -> frames [B, 3, T, 8h, 8w] (compute dtype, not
+        clamped), continuing `cache`. Differentiable (training uses it)."""
         frames = []
         for i in range(z.shape[2]):
             # conv2 is 1x1x1, so running it per latent frame equals running it on the chunk;
             # doing it per frame makes the result independent of how the stream is chunked.
             frames.append(self.decoder(self.conv2(z[:, :, i:i + 1]), cache))
-        return torch.cat(frames, dim=2)[0].float().clamp_(-1, 1)
+        return torch.cat(frames, dim=2)
 
 
 class VAEStreamDecoder:

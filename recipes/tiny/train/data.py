@@ -1,0 +1,58 @@
+"""Training data access: the generated clips (recipes.tiny.dataset) and the per-clip tensors
+the DiT stages train on (latents, conditioning latents, audio features), made by `prep`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def open_dataset(root: str | Path):
+    from recipes.tiny.dataset import ClipDataset
+
+    ds = ClipDataset(root)
+    if len(ds) == 0:
+        raise FileNotFoundError(f"no clips under {root}: run `python -m recipes.tiny.generate --out {root}` first")
+    return ds
+
+
+def _field(item, name: str):
+    return item[name] if isinstance(item, dict) else getattr(item, name)
+
+
+def frames_of(ds, i: int) -> np.ndarray:
+    """uint8 [T, H, W, 3] frames of clip i."""
+    return _field(ds[i], "frames")
+
+
+def clip_arrays(ds, i: int) -> dict[str, np.ndarray]:
+    item = ds[i]
+    return {k: _field(item, k) for k in ("frames", "audio", "mouth", "reference")}
+
+
+class Prepped:
+    """The prepped training tensors (`prep.py` writes `<run>/prep/data.pt`):
+    x0 [N, 16, Fc, h, w] clean normalised latents of frames 1 .. 4Fc, ref [N, 16, 1, h, w],
+    motion [N, 16, 19, h, w], feats [N, Fc/3, layers, dim, 12] per-block audio features (fp16),
+    mouth [N, 4Fc] ground-truth mouth opening of frames 1 .. 4Fc."""
+
+    def __init__(self, path: str | Path):
+        d = torch.load(path, map_location="cpu", weights_only=True)
+        self.x0, self.ref, self.motion = d["x0"].float(), d["ref"].float(), d["motion"].float()
+        self.feats, self.mouth = d["feats"], d["mouth"]
+        self.n, self.blocks = self.x0.shape[0], self.feats.shape[1]
+
+    def window(self, idx: list[int], first_block: list[int], nblocks: int) -> dict[str, torch.Tensor]:
+        """A batch of windows of `nblocks` blocks starting at each sample's `first_block`."""
+        F = 3
+        xs, fs = [], []
+        for i, b in zip(idx, first_block):
+            xs.append(self.x0[i, :, b * F:(b + nblocks) * F])
+            fs.append(self.feats[i, b:b + nblocks].float())
+        return {"x0": torch.stack(xs), "feats": torch.stack(fs), "ref": self.ref[idx], "motion": self.motion[idx]}
+
+    def sample(self, rng: np.random.Generator, batch: int, nblocks: int) -> dict[str, torch.Tensor]:
+        idx = rng.integers(0, self.n, batch).tolist()
+        first = rng.integers(0, self.blocks - nblocks + 1, batch).tolist()
+        return self.window(idx, first, nblocks)

@@ -1,0 +1,92 @@
+"""Stage (b), part 2: the causal block-wise student, initialised from the teacher and trained
+on the teacher's ODE trajectories with timestep-forcing caches.
+
+    python -m recipes.tiny.train.student --run runs/tiny [--steps 2000] [--minutes 20]
+
+A sample is a 4-block trajectory window at one of the runtime's 4 sampling steps i: every
+block's input is its own trajectory state at sigma_i, and block b attends the blocks the
+runtime's ring cache i would hold (itself and up to 3 before it, all at step i) plus the
+conditioning at its sink position. The student predicts a velocity v; its implied clean latent
+x_i - sigma_i v is regressed onto the trajectory's end state (the ODE solution).
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from liveavatar_rt.engine.sampler import flow_schedule
+
+from .common import Budget, LossLog, cosine_lr, load_ckpt, save_ckpt, stage_dir
+from .data import Prepped
+from .dit_common import Conditioner, build_dit
+from .dit_forward import Placement
+from .ode import WINDOW_BLOCKS
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", default="runs/tiny")
+    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--minutes", type=float, default=None)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+
+    out = stage_dir(args.run, "student")
+    data = Prepped(stage_dir(args.run, "prep") / "data.pt")
+    traj = torch.load(stage_dir(args.run, "ode") / "trajectories.pt", weights_only=True)
+    model = build_dit(args.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    if (out / "ckpt.pt").exists():
+        step = load_ckpt(out / "ckpt.pt", model, opt)["step"]
+    else:  # initialise from the teacher
+        load_ckpt(stage_dir(args.run, "teacher") / "ckpt.pt", model)
+        step = 0
+    sigmas, timesteps = flow_schedule(4)
+    rng = np.random.default_rng(args.seed + 7919 * step)
+    cond_fn = Conditioner(model)
+    log = LossLog(out, ["loss", "loss_step0", "loss_step3"])
+    budget = Budget(args.steps, args.minutes)
+    bar = tqdm(total=args.steps, initial=step, desc="student", dynamic_ncols=True)
+    per_step = [0.0] * 4
+    while not budget.done(step):
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, args.steps, args.lr, warmup=50)
+        # trajectory windows that share a placement (one ODE batch), all at one step i
+        j = int(rng.integers(0, traj["idx"].shape[0]))
+        group = np.flatnonzero(traj["group"].numpy() == int(traj["group"][j]))
+        rows = rng.permutation(group)[: args.batch].tolist()
+        i = int(rng.integers(0, 4))
+        x = traj["states"][rows, i].float()
+        target = traj["final"][rows].float()
+        batch = data.window(traj["idx"][rows].tolist(), traj["first"][rows].tolist(), WINDOW_BLOCKS)
+        place = Placement(int(traj["first_frame"][j]), traj["offsets"][j].tolist())
+        text_kv, cond, audio = cond_fn(batch)
+        B, _, Fw = x.shape[:3]
+        v = cond_fn.fwd.velocity(x, timesteps[i].expand(B, Fw), cond, text_kv, audio, place, causal=True)
+        loss = (x - sigmas[i] * v.float() - target).square().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        per_step[i] = 0.9 * per_step[i] + 0.1 * loss.item() if per_step[i] else loss.item()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}", step=i)
+        if step % 10 == 0:
+            log.write(step, loss=loss.item(), loss_step0=per_step[0], loss_step3=per_step[3])
+        if step % 200 == 0:
+            save_ckpt(out / "ckpt.pt", step, model, opt)
+            log.plot()
+    bar.close()
+    save_ckpt(out / "ckpt.pt", step, model, opt)
+    log.plot()
+    print(f"student: {step} steps, last loss {loss.item():.4f}")
+
+
+if __name__ == "__main__":
+    main()

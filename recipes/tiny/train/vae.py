@@ -1,0 +1,156 @@
+"""Stage 0: train the tiny Wan2.1-layout VAE on generated talking-face frames.
+
+    python -m recipes.tiny.train.vae --data data/tiny --run runs/tiny [--steps 4000] [--minutes 20]
+
+The runtime's own `WanVAE` (published key names, causal 3-D convs, streaming cache) trained as
+a VAE: random crops of 1 + 4k frames, chunked causal encode exactly as `WanVAE.encode` chunks
+(1, 4, 4, ...), a reparameterised latent, per-latent-frame causal decode as the streaming
+decoder runs. Loss: L1 + L1 of image gradients (keeps the mouth edges sharp) + a small KL.
+At the end the per-channel latent mean/std over the data are measured and stored with the
+weights: the runtime normalises latents with them (`VAEConfig.latent_mean/std`).
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from liveavatar_rt.model.vae import VAEConfig, WanVAE
+from liveavatar_rt.model.vae_blocks import CausalCache
+from liveavatar_rt.ops import OpTable
+
+from .common import Budget, LossLog, cosine_lr, load_ckpt, save_ckpt, stage_dir
+from .data import frames_of, open_dataset
+
+TINY_VAE_DIM = 8  # decode cost bounds real time on 2 cores: dim 8 decodes a 128x128 block in ~0.3 s
+
+
+def build_vae(dtype: torch.dtype = torch.float32, cfg: VAEConfig | None = None) -> WanVAE:
+    return WanVAE(cfg or VAEConfig(dim=TINY_VAE_DIM), dtype=dtype, ops=OpTable("cpu", dtype))
+
+
+def load_trained_vae(run, dtype: torch.dtype = torch.float32) -> WanVAE:
+    """The stage-0 result with its measured latent statistics, ready for `encode`/`decode`."""
+    path = stage_dir(run, "vae") / "ckpt.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} missing: run `python -m recipes.tiny.train.vae --run {run}` first")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if "latent_mean" not in state:
+        raise RuntimeError(f"{path} has no latent statistics: the VAE stage did not finish; run it again")
+    cfg = VAEConfig(dim=TINY_VAE_DIM, latent_mean=state["latent_mean"], latent_std=state["latent_std"])
+    vae = build_vae(dtype, cfg)
+    vae.load_state_dict({k: v.to(dtype) for k, v in state["model"].items()})
+    return vae.eval()
+
+
+def grad_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    dx = lambda t: t[..., :, 1:] - t[..., :, :-1]  # noqa: E731
+    dy = lambda t: t[..., 1:, :] - t[..., :-1, :]  # noqa: E731
+    return (dx(a) - dx(b)).abs().mean() + (dy(a) - dy(b)).abs().mean()
+
+
+class FramePool:
+    """A pool of decoded clips, refreshed a few at a time (decompressing a clip costs more than
+    a training step on its crops)."""
+
+    def __init__(self, root, rng: np.random.Generator, size: int = 48, refresh: int = 2):
+        self.root, self.rng, self.refresh, self.calls = root, rng, refresh, 0
+        self.ds = open_dataset(root)
+        self.clips = [frames_of(self.ds, int(i)) for i in rng.integers(0, len(self.ds), size)]
+
+    def sample(self, batch: int, frames: int, crop: int) -> torch.Tensor:
+        """-> [B, 3, frames, crop, crop] in [-1, 1]: random clip, start frame and 8-aligned crop."""
+        rng = self.rng
+        self.calls += 1
+        try:
+            if self.calls % 100 == 0:  # the generator may still be writing clips: see the new ones
+                self.ds = open_dataset(self.root)
+            for _ in range(self.refresh):
+                self.clips[int(rng.integers(len(self.clips)))] = frames_of(self.ds, int(rng.integers(len(self.ds))))
+        except (FileNotFoundError, OSError, ValueError) as e:  # clips being rewritten: train on the pool
+            print(f"vae: pool refresh skipped ({e})")
+        out = []
+        for _ in range(batch):
+            clip = self.clips[int(rng.integers(len(self.clips)))]  # uint8 [T, H, W, 3]
+            T, H, W, _ = clip.shape
+            t0 = int(rng.integers(0, T - frames + 1))
+            y0 = int(rng.integers(0, (H - crop) // 8 + 1)) * 8
+            x0 = int(rng.integers(0, (W - crop) // 8 + 1)) * 8
+            v = torch.from_numpy(np.ascontiguousarray(clip[t0:t0 + frames, y0:y0 + crop, x0:x0 + crop]))
+            out.append(v.permute(3, 0, 1, 2).float() / 127.5 - 1)
+        return torch.stack(out)
+
+
+@torch.no_grad()
+def latent_stats(vae: WanVAE, ds, rng: np.random.Generator, clips: int = 24) -> tuple[list[float], list[float]]:
+    """Per-channel mean/std of the (un-normalised) mu over whole frames of `clips` clips."""
+    mus = []
+    for _ in range(clips):
+        clip = frames_of(ds, int(rng.integers(len(ds))))[:9]
+        v = torch.from_numpy(np.ascontiguousarray(clip)).permute(3, 0, 1, 2).float()[None] / 127.5 - 1
+        mus.append(vae.moments(v)[0].transpose(0, 1).flatten(1))
+    m = torch.cat(mus, dim=1)  # [z, N]
+    return m.mean(1).tolist(), m.std(1).clamp_min(1e-3).tolist()
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="data/tiny")
+    ap.add_argument("--run", default="runs/tiny")
+    ap.add_argument("--steps", type=int, default=4000)
+    ap.add_argument("--minutes", type=float, default=None, help="wall-time budget (stops early, resumable)")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--frames", type=int, default=5, help="1 + 4k frames per sample")
+    ap.add_argument("--crop", type=int, default=48)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--kl", type=float, default=1e-6)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+
+    torch.manual_seed(args.seed)
+    out = stage_dir(args.run, "vae")
+    vae = build_vae().init_random_(args.seed)
+    vae.requires_grad_(True)
+    opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.0)
+    step = load_ckpt(out / "ckpt.pt", vae, opt)["step"] if (out / "ckpt.pt").exists() else 0
+    rng = np.random.default_rng(args.seed + step)
+    pool = FramePool(args.data, rng)
+    log = LossLog(out, ["loss", "l1", "grad", "kl"])
+    budget = Budget(args.steps, args.minutes)
+    bar = tqdm(total=args.steps, initial=step, desc="vae", dynamic_ncols=True)
+    while not budget.done(step):
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, args.steps, args.lr)
+        x = pool.sample(args.batch, args.frames, args.crop)
+        mu, log_var = vae.moments(x)
+        log_var = log_var.clamp(-30, 20)
+        z = mu + torch.randn_like(mu) * (0.5 * log_var).exp()
+        y = vae.decode_raw(z, CausalCache(vae.decoder.n_slots))
+        l1 = (y - x).abs().mean()
+        gl = grad_l1(y, x)
+        kl = 0.5 * (mu.square() + log_var.exp() - 1 - log_var).mean()
+        loss = l1 + gl + args.kl * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(l1=f"{l1.item():.4f}", grad=f"{gl.item():.4f}")
+        if step % 10 == 0:
+            log.write(step, loss=loss.item(), l1=l1.item(), grad=gl.item(), kl=kl.item())
+        if step % 200 == 0:
+            save_ckpt(out / "ckpt.pt", step, vae, opt)
+            log.plot()
+    bar.close()
+    mean, std = latent_stats(vae, open_dataset(args.data), np.random.default_rng(args.seed))
+    save_ckpt(out / "ckpt.pt", step, vae, opt, latent_mean=mean, latent_std=std)
+    log.plot()
+    print(f"vae: {step} steps; latent mean {np.round(mean, 3).tolist()} std {np.round(std, 3).tolist()}")
+
+
+if __name__ == "__main__":
+    main()
