@@ -82,7 +82,8 @@ class Speech:
 
 
 class _Engine:
-    """An initialised libespeak-ng (global state of the process: see _synth_fresh)."""
+    """An initialised libespeak-ng. The library is global state of the process, and it carries
+    state between utterances: only use it inside a FreshEngine child."""
 
     def __init__(self):
         path = ctypes.util.find_library("espeak-ng") or "libespeak-ng.so.1"
@@ -118,9 +119,6 @@ class _Engine:
     def synth(self, text: str, voice: Voice) -> tuple[np.ndarray, list[tuple[str, int]]]:
         """-> (int16 [M] at self.rate, [(phoneme, start sample)])."""
         with self.lock:
-            # espeak-ng keeps state between utterances (e.g. the previous voice's settings
-            # change later timings by a few ms), so each utterance starts from a fresh engine:
-            # same text + voice -> same samples, whatever was spoken before.
             if self.lib.espeak_SetVoiceByName(voice.name.encode()) != 0:
                 raise ValueError(f"espeak-ng voice {voice.name!r} not found")
             for p, v in ((_P_RATE, voice.rate), (_P_PITCH, voice.pitch),
