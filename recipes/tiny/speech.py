@@ -9,7 +9,9 @@ energy (pauses are quiet, vowels loud).
 
     synthesize(text, Voice(...)) -> Speech(pcm float32 [N] at 16 kHz, phonemes [(name, t0, t1)])
 
-Everything is deterministic for a given espeak-ng build: same text + voice -> same samples.
+Determinism: libespeak-ng carries state from one utterance to the next (timings drift by a
+few samples), so synthesis runs in a forked child with a fresh engine (FreshEngine; one per
+clip): for a given espeak-ng build, the same texts + voice give the same samples.
 """
 from __future__ import annotations
 
