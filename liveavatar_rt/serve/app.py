@@ -95,8 +95,11 @@ def create_app(engine, cfg: ServeConfig | None = None) -> FastAPI:
                                                    "try again later")
         if conn_error is not None:
             server.stats.error(conn_error.code)
-            await ws.send_json(conn_error.to_json())
-            await ws.close(conn_error.close_code, conn_error.code)
+            try:
+                await ws.send_json(conn_error.to_json())
+                await ws.close(conn_error.close_code, conn_error.code)
+            except (RuntimeError, OSError):
+                pass  # the client left already
             return
         try:
             await Connection(ws, server, sid).run()

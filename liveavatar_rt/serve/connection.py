@@ -184,7 +184,7 @@ class Connection:
             self.stats.ready_at = time.monotonic()
             self.queue.append(("json", {"type": "ready", "session": self.sid, "width": self.sess.width,
                                         "height": self.sess.height, "fps": self.server.engine.fps,
-                                        "audio_rate": 16000, "note": self.server.engine.note,
+                                        "audio_rate": self.server.engine.audio_rate, "note": self.server.engine.note,
                                         "setup_s": round(self.stats.ready_at - self.stats.opened_at, 3)}))
         elif kind == "init":
             self.queue.append(("init", {"type": "init", "mime": ev[1], "bytes": len(ev[2])}, ev[2]))
@@ -193,7 +193,8 @@ class Connection:
             self.stats.frames_generated += frames
             self.stats.block_compute_s = compute
             if block >= 0:
-                self.rendered_s = (block + 1) * 12 / self.server.engine.fps
+                eng = self.server.engine
+                self.rendered_s = (block + 1) * eng.block_frames / eng.fps
             waiting = [i for i, it in enumerate(self.queue) if it[0] == "segment"]
             if len(waiting) >= self.cfg.queue_segments:
                 dropped = self.queue[waiting[0]]

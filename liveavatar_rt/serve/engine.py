@@ -18,7 +18,11 @@ import torch
 class Engine:
     def __init__(self, pipe, ring=None):
         self.pipe, self.ring = pipe, ring
+        from ..engine.pipeline import AUDIO_RATE
+
         self.fps = int(pipe.stream.fps)
+        self.block_frames = 4 * pipe.stream.frames_per_block  # video frames (of audio) per block: 12
+        self.audio_rate = AUDIO_RATE  # Block.audio PCM rate
         self.note = getattr(pipe, "note", "")
 
     @classmethod

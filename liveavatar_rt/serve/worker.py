@@ -73,7 +73,7 @@ class StreamWorker(threading.Thread):
                     pass
 
     def _stream(self, sess) -> None:
-        enc = SegmentEncoder(sess.width, sess.height, fps=self.engine.fps)
+        enc = SegmentEncoder(sess.width, sess.height, fps=self.engine.fps, sample_rate=self.engine.audio_rate)
         start_frame = 0
         while not self.stopping:
             try:

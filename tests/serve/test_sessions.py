@@ -193,7 +193,8 @@ class FailingEngine:
     """The real engine, but every session's block 1 raises, as a failing kernel would."""
 
     def __init__(self, inner):
-        self.inner, self.fps, self.note, self.capacity_limit = inner, inner.fps, inner.note, None
+        self.inner, self.capacity_limit = inner, None
+        self.fps, self.block_frames, self.audio_rate, self.note = inner.fps, inner.block_frames, inner.audio_rate, ""
 
     def open(self, image, prompt=None, seed=0):
         sess = self.inner.open(image, prompt=prompt, seed=seed)
