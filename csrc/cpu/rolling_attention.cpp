@@ -3,19 +3,12 @@
 //
 // Tasks are (batch, head, query tile of <= 256) under at::parallel_for. A task keeps its
 // query tile transposed (QT: [D][TQ], queries in vector lanes) and streams the keys in blocks
-// of kTK: S^T = K QT, online softmax over keys (running max/sum per query lane, base 2 with
-// log2(e)/sqrt(D) folded into the score scale), O += P V. A key block is gathered into two
-// kTK-row buffers (its ring rows copied, its conditioning keys rotated there: float64 products
-// rounded to fp32 then to the input dtype, exactly as rope_apply), so neither the [ring ; cond]
-// concatenation nor a rotated copy of the conditioning keys is ever built.
-//
-// Vectorisation: an extension is compiled without CPU-capability flags, so at::vec would be
-// its generic array form. The micro-kernels use AVX-512 intrinsics in functions with their own
-// `target` attribute, chosen at run time (__builtin_cpu_supports); the portable kernels are
-// plain loops (other CPUs; CTest checks them everywhere). bf16 inputs use AVX512-BF16 dot
-// products for the scores where available: bf16 products are exact in fp32 and accumulate in
-// fp32, so only the summation order differs. P and V stay fp32 (no rounding of P to bf16).
+// of kTK through the micro-kernels of rolling_attention_kernels.cpp. A key block is gathered
+// into two kTK-row buffers (its ring rows copied, its conditioning keys rotated there: float64
+// products rounded to fp32 then to the input dtype, exactly as rope_apply), so neither the
+// [ring ; cond] concatenation nor a rotated copy of the conditioning keys is ever built.
 #include "cpu/cpu_utils.h"
+#include "cpu/rolling_attention_kernels.h"
 
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
@@ -26,261 +19,12 @@
 #include <memory>
 #include <type_traits>
 
-#if defined(__GNUC__) && defined(__x86_64__)
-#include <immintrin.h>
-#define LIVEAVATAR_RT_RA_AVX512 1
-#endif
-
 namespace liveavatar_rt {
 namespace cpu {
 namespace {
 
-constexpr int64_t kTK = 64;      // keys per block
-constexpr int64_t kMaxTQ = 256;  // queries per task: packing and K/V reads amortise over them
-constexpr int64_t kKR = 8;       // keys per score micro-kernel step
-constexpr int64_t kMR = 4;       // query rows per P V micro-kernel step
-constexpr int64_t kAhead = 4;    // rows prefetched ahead while packing
+constexpr int64_t kAhead = 4;  // rows prefetched ahead while packing
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-
-enum Isa : int { kIsaPortable = 0, kIsaAvx512 = 1, kIsaAvx512Bf16 = 2 };
-
-// One key block's kernels. qk: ST[j][r] = k_j . q_r for j < nk (key rows in the kernel's
-// format: fp32, or bf16 for `bf16_keys`; QT [D][TQp] fp32, or [D/2][TQp] bf16 pairs).
-// softmax: ST -> P in place, running max m / sum l per query, O rows rescaled.
-// pv: O[r][0:D] += sum_j P[j][r] v_j (fp32 value rows) for r < rows_p.
-struct RaKernels {
-  bool bf16_keys;
-  void (*qk)(const float* QT, const void* const* krows, float* ST, int64_t nk, int64_t TQp, int64_t D);
-  void (*softmax)(float* ST, float* m, float* l, float* O, int64_t rows, int64_t nk, int64_t TQp, int64_t Dp,
-                  float scale);
-  void (*pv)(const float* PT, const float* const* vrows, float* O, int64_t rows_p, int64_t nk, int64_t TQp,
-             int64_t D, int64_t Dp);
-};
-
-void rescale_rows(float* O, const float* alpha, int64_t rows, int64_t Dp) {
-  for (int64_t r = 0; r < rows; ++r) {
-    if (alpha[r] != 1.f) {
-      for (int64_t d = 0; d < Dp; ++d) O[r * Dp + d] *= alpha[r];
-    }
-  }
-}
-
-// ---- portable kernels: plain loops (any CPU) ----------------------------------------------
-
-void qk_portable(const float* QT, const void* const* krows, float* ST, int64_t nk, int64_t TQp, int64_t D) {
-  for (int64_t j = 0; j < nk; ++j) {
-    const float* k = static_cast<const float*>(krows[j]);
-    float* s = ST + j * TQp;
-    std::fill(s, s + TQp, 0.f);
-    for (int64_t d = 0; d < D; ++d) {
-      for (int64_t r = 0; r < TQp; ++r) s[r] += k[d] * QT[d * TQp + r];
-    }
-  }
-}
-
-void softmax_portable(float* ST, float* m, float* l, float* O, int64_t rows, int64_t nk, int64_t TQp, int64_t Dp,
-                      float scale) {
-  float alpha[kMaxTQ];
-  for (int64_t r = 0; r < rows; ++r) {
-    float mx = m[r], sum = 0.f;
-    for (int64_t j = 0; j < nk; ++j) mx = std::max(mx, ST[j * TQp + r] * scale);
-    for (int64_t j = 0; j < nk; ++j) {
-      ST[j * TQp + r] = std::exp2(ST[j * TQp + r] * scale - mx);
-      sum += ST[j * TQp + r];
-    }
-    alpha[r] = std::exp2(m[r] - mx);  // 0 on the first block (m = -inf)
-    l[r] = l[r] * alpha[r] + sum;
-    m[r] = mx;
-  }
-  rescale_rows(O, alpha, rows, Dp);
-}
-
-void pv_portable(const float* PT, const float* const* vrows, float* O, int64_t rows_p, int64_t nk, int64_t TQp,
-                 int64_t D, int64_t Dp) {
-  for (int64_t j = 0; j < nk; ++j) {
-    for (int64_t r = 0; r < rows_p; ++r) {
-      const float p = PT[j * TQp + r];
-      for (int64_t d = 0; d < D; ++d) O[r * Dp + d] += p * vrows[j][d];
-    }
-  }
-}
-
-#ifdef LIVEAVATAR_RT_RA_AVX512
-// GCC 12's own unmasked AVX-512 intrinsics trip -Wmaybe-uninitialized (GCC PR 105593).
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-// ---- AVX-512 kernels (FMA: the summation order differs from torch's anyway) ---------------
-#define RA_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
-#define RA_AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,avx512bf16")))
-
-// 2^x: 2^round(x) by vscalefps (exact, 0 below -149) times a degree-6 fit of 2^f on
-// [-0.5, 0.5] (max error 0.7 ulp). x is clamped so that -inf gives 0, not NaN.
-RA_AVX512 inline __m512 exp2_ps(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-200.f));
-  const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 f = _mm512_sub_ps(x, n);
-  __m512 p = _mm512_set1_ps(1.546973217e-04f);
-  for (float c : {1.340043265e-03f, 9.618025273e-03f, 5.550327152e-02f, 2.402265072e-01f, 6.931471825e-01f, 1.f})
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c));
-  return _mm512_scalef_ps(p, n);
-}
-
-// kKR keys x NV vectors of 16 queries in registers; per step one QT row chunk, kKR broadcasts.
-// Step = one dim (fp32) or one dim pair (BF16: vdpbf16ps adds both exact products).
-template <int NV, bool BF16>
-RA_AVX512BF16 inline void qk_tile(const float* QT, const void* const* krows, float* ST, int64_t j0, int64_t r0,
-                                  int64_t TQp, int64_t steps) {
-  __m512 acc[kKR][NV];
-#pragma GCC unroll 16
-  for (auto& a : acc)
-#pragma GCC unroll 16
-    for (auto& v : a) v = _mm512_setzero_ps();
-  for (int64_t d = 0; d < steps; ++d) {
-    __m512 q[NV];
-#pragma GCC unroll 16
-    for (int c = 0; c < NV; ++c) q[c] = _mm512_loadu_ps(QT + d * TQp + r0 + 16 * c);
-#pragma GCC unroll 16
-    for (int64_t i = 0; i < kKR; ++i) {
-      if constexpr (BF16) {
-        int pair;
-        std::memcpy(&pair, static_cast<const char*>(krows[j0 + i]) + 4 * d, 4);
-        const __m512bh k = (__m512bh)_mm512_set1_epi32(pair);
-#pragma GCC unroll 16
-        for (int c = 0; c < NV; ++c) acc[i][c] = _mm512_dpbf16_ps(acc[i][c], k, (__m512bh)q[c]);
-      } else {
-        const __m512 k = _mm512_set1_ps(static_cast<const float*>(krows[j0 + i])[d]);
-#pragma GCC unroll 16
-        for (int c = 0; c < NV; ++c) acc[i][c] = _mm512_fmadd_ps(k, q[c], acc[i][c]);
-      }
-    }
-  }
-#pragma GCC unroll 16
-  for (int64_t i = 0; i < kKR; ++i)
-#pragma GCC unroll 16
-    for (int c = 0; c < NV; ++c) _mm512_storeu_ps(ST + (j0 + i) * TQp + r0 + 16 * c, acc[i][c]);
-}
-
-// 32-query chunks: a [D][32] QT chunk (16 KB at D = 128) stays in L1 while the keys stream.
-template <bool BF16>
-RA_AVX512BF16 inline void qk_blocks(const float* QT, const void* const* krows, float* ST, int64_t nk, int64_t TQp,
-                                    int64_t D) {
-  const int64_t steps = BF16 ? D / 2 : D;
-  for (int64_t r0 = 0; r0 < TQp; r0 += 32) {
-    for (int64_t j0 = 0; j0 < nk; j0 += kKR) {
-      if (TQp - r0 >= 32) {
-        qk_tile<2, BF16>(QT, krows, ST, j0, r0, TQp, steps);
-      } else {
-        qk_tile<1, BF16>(QT, krows, ST, j0, r0, TQp, steps);
-      }
-    }
-  }
-}
-
-RA_AVX512BF16 void qk_avx512_bf16(const float* QT, const void* const* kr, float* ST, int64_t nk, int64_t TQp,
-                                  int64_t D) {
-  qk_blocks<true>(QT, kr, ST, nk, TQp, D);
-}
-// Shares qk_tile's attribute (one template for both key formats); the fp32 instantiation has no
-// BF16 intrinsic and GCC emits BF16 instructions only for them / __bf16 conversions.
-RA_AVX512BF16 void qk_avx512_f32_impl(const float* QT, const void* const* kr, float* ST, int64_t nk, int64_t TQp,
-                                      int64_t D) {
-  qk_blocks<false>(QT, kr, ST, nk, TQp, D);
-}
-
-// Softmax over the keys of the block, 16 queries per vector: no horizontal reductions.
-RA_AVX512 void softmax_avx512(float* ST, float* m, float* l, float* O, int64_t rows, int64_t nk, int64_t TQp,
-                              int64_t Dp, float scale) {
-  alignas(64) float alpha[kMaxTQ];
-  const __m512 vscale = _mm512_set1_ps(scale);
-  for (int64_t r0 = 0; r0 < rows; r0 += 16) {
-    const __m512 m_old = _mm512_loadu_ps(m + r0);
-    __m512 mx = m_old, sum = _mm512_setzero_ps();
-    for (int64_t j = 0; j < nk; ++j) mx = _mm512_max_ps(mx, _mm512_mul_ps(_mm512_loadu_ps(ST + j * TQp + r0), vscale));
-    for (int64_t j = 0; j < nk; ++j) {
-      const __m512 p = exp2_ps(_mm512_sub_ps(_mm512_mul_ps(_mm512_loadu_ps(ST + j * TQp + r0), vscale), mx));
-      _mm512_storeu_ps(ST + j * TQp + r0, p);
-      sum = _mm512_add_ps(sum, p);
-    }
-    const __m512 a = exp2_ps(_mm512_sub_ps(m_old, mx));  // 0 on the first block (m = -inf)
-    _mm512_storeu_ps(alpha + r0, a);
-    _mm512_storeu_ps(l + r0, _mm512_fmadd_ps(_mm512_loadu_ps(l + r0), a, sum));
-    _mm512_storeu_ps(m + r0, mx);
-  }
-  rescale_rows(O, alpha, rows, Dp);
-}
-
-// kMR query rows x NV vectors of O in registers; per key one value row chunk, kMR broadcasts.
-template <int NV>
-RA_AVX512 inline void pv_tile(const float* PT, const float* const* vrows, float* O, int64_t r0, int64_t c0,
-                              int64_t nk, int64_t TQp, int64_t Dp, __mmask16 last) {
-  __m512 acc[kMR][NV];
-#pragma GCC unroll 16
-  for (int64_t i = 0; i < kMR; ++i)
-#pragma GCC unroll 16
-    for (int c = 0; c < NV; ++c) acc[i][c] = _mm512_loadu_ps(O + (r0 + i) * Dp + c0 + 16 * c);
-  for (int64_t j = 0; j < nk; ++j) {
-    __m512 v[NV];
-#pragma GCC unroll 16
-    for (int c = 0; c < NV; ++c) {
-      const __mmask16 live = c == NV - 1 ? last : __mmask16(0xFFFF);
-      v[c] = _mm512_maskz_loadu_ps(live, vrows[j] + c0 + 16 * c);
-    }
-#pragma GCC unroll 16
-    for (int64_t i = 0; i < kMR; ++i) {
-      const __m512 p = _mm512_set1_ps(PT[j * TQp + r0 + i]);
-#pragma GCC unroll 16
-      for (int c = 0; c < NV; ++c) acc[i][c] = _mm512_fmadd_ps(p, v[c], acc[i][c]);
-    }
-  }
-#pragma GCC unroll 16
-  for (int64_t i = 0; i < kMR; ++i)
-#pragma GCC unroll 16
-    for (int c = 0; c < NV; ++c) _mm512_storeu_ps(O + (r0 + i) * Dp + c0 + 16 * c, acc[i][c]);
-}
-
-RA_AVX512 void pv_avx512(const float* PT, const float* const* vrows, float* O, int64_t rows_p, int64_t nk,
-                         int64_t TQp, int64_t D, int64_t Dp) {
-  for (int64_t c0 = 0; c0 < D; c0 += 64) {
-    const int64_t nv = std::min<int64_t>(4, (D - c0 + 15) / 16), tail = (D - c0) - 16 * (nv - 1);
-    const __mmask16 last = tail >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << tail) - 1u);
-    for (int64_t r0 = 0; r0 < rows_p; r0 += kMR) {
-      switch (nv) {
-        case 1: pv_tile<1>(PT, vrows, O, r0, c0, nk, TQp, Dp, last); break;
-        case 2: pv_tile<2>(PT, vrows, O, r0, c0, nk, TQp, Dp, last); break;
-        case 3: pv_tile<3>(PT, vrows, O, r0, c0, nk, TQp, Dp, last); break;
-        default: pv_tile<4>(PT, vrows, O, r0, c0, nk, TQp, Dp, last); break;
-      }
-    }
-  }
-}
-#pragma GCC diagnostic pop
-#endif  // LIVEAVATAR_RT_RA_AVX512
-
-int ra_best_isa() {
-#ifdef LIVEAVATAR_RT_RA_AVX512
-  static const int best = [] {
-    __builtin_cpu_init();
-    if (!(__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma")))
-      return int(kIsaPortable);
-    return int(__builtin_cpu_supports("avx512bf16") ? kIsaAvx512Bf16 : kIsaAvx512);
-  }();
-  return best;
-#else
-  return kIsaPortable;
-#endif
-}
-
-const RaKernels& ra_kernels(int isa) {
-  static const RaKernels portable{false, qk_portable, softmax_portable, pv_portable};
-#ifdef LIVEAVATAR_RT_RA_AVX512
-  static const RaKernels avx512{false, qk_avx512_f32_impl, softmax_avx512, pv_avx512};
-  static const RaKernels avx512_bf16{true, qk_avx512_bf16, softmax_avx512, pv_avx512};
-  if (isa == kIsaAvx512Bf16) return avx512_bf16;
-  if (isa == kIsaAvx512) return avx512;
-#endif
-  return portable;
-}
 
 struct View4 {  // a [B, L, H, D] tensor with a contiguous last dim: element strides
   const void* p;
@@ -351,6 +95,7 @@ void run_tasks(const RaArgs& a, const RaKernels& kern, int64_t t0, int64_t t1) {
   constexpr bool kBf16 = std::is_same_v<T, c10::BFloat16>;
   const bool pairs = kern.bf16_keys;                 // only chosen for bf16 inputs
   const bool keys_in_place = !kBf16 || pairs;        // ring rows already in the kernel's key format
+  TORCH_CHECK(kBf16 || !pairs, "liveavatar_rt::rolling_attention: bf16 dot-product kernels need bf16 inputs");
   const int64_t D = a.D, Dp = a.Dp, TQp = a.TQ, N = a.valid + a.Lc;
   Scratch qt(Dp * TQp), st(kTK * TQp), o(TQp * Dp), m(TQp), l(TQp), kbuf(kTK * Dp), vbuf(kTK * Dp);
   const void* krows[kTK + kKR];
@@ -363,14 +108,15 @@ void run_tasks(const RaArgs& a, const RaKernels& kern, int64_t t0, int64_t t1) {
     for (int64_t r = 0; r < TQp; ++r) {
       const T* q = r < rows ? a.q.row<T>(b, i0 + r, h) : nullptr;
       if (r + kAhead < rows) prefetch_row(a.q.row<T>(b, i0 + r + kAhead, h), D);
-      for (int64_t d = 0; d < D; d += 2) {
-        const float q0 = q ? load_float(q, d) : 0.f, q1 = q ? load_float(q, d + 1) : 0.f;
-        if (pairs) {
-          qt2[d / 2 * TQp + r] = uint32_t(float_to_bf16_bits(q0)) | uint32_t(float_to_bf16_bits(q1)) << 16;
-        } else {
-          qt.get()[d * TQp + r] = q0, qt.get()[(d + 1) * TQp + r] = q1;
+      if (pairs) {  // bf16 inputs: a pair is the row's own 32 bits (low half = even dim)
+        for (int64_t d = 0; d < D; d += 2) {
+          uint32_t pair = 0;
+          if (q) std::memcpy(&pair, q + d, sizeof(pair));
+          qt2[d / 2 * TQp + r] = pair;
         }
+        continue;
       }
+      for (int64_t d = 0; d < D; ++d) qt.get()[d * TQp + r] = q ? load_float(q, d) : 0.f;
     }
     std::fill(m.get(), m.get() + TQp, kNegInf);
     std::fill(l.get(), l.get() + TQp, 0.f);

@@ -1,0 +1,252 @@
+// rolling_attention's micro-kernels (declared in rolling_attention_kernels.h): for one block of
+// kTK keys, S^T = K QT (queries in vector lanes), the online softmax (running max / sum per
+// query lane, base 2 with log2(e)/sqrt(D) folded into the score scale) and O += P V.
+//
+// Vectorisation: an extension is compiled without CPU-capability flags, so at::vec would be
+// its generic array form. The AVX-512 kernels use intrinsics in functions with their own
+// `target` attribute, chosen at run time (__builtin_cpu_supports); the portable kernels are
+// plain loops (other CPUs; CTest checks them everywhere). bf16 inputs use AVX512-BF16 dot
+// products for the scores where available: bf16 products are exact in fp32 and accumulate in
+// fp32, so only the summation order differs. P and V stay fp32 (no rounding of P to bf16).
+#include "cpu/rolling_attention_kernels.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#define LIVEAVATAR_RT_RA_AVX512 1
+#endif
+
+namespace liveavatar_rt::cpu {
+namespace {
+
+void rescale_rows(float* O, const float* alpha, int64_t rows, int64_t Dp) {
+  for (int64_t r = 0; r < rows; ++r) {
+    if (alpha[r] != 1.f) {
+      for (int64_t d = 0; d < Dp; ++d) O[r * Dp + d] *= alpha[r];
+    }
+  }
+}
+
+// ---- portable kernels: plain loops (any CPU) ----------------------------------------------
+
+void qk_portable(const float* QT, const void* const* krows, float* ST, int64_t nk, int64_t TQp, int64_t D) {
+  for (int64_t j = 0; j < nk; ++j) {
+    const float* k = static_cast<const float*>(krows[j]);
+    float* s = ST + j * TQp;
+    std::fill(s, s + TQp, 0.f);
+    for (int64_t d = 0; d < D; ++d) {
+      for (int64_t r = 0; r < TQp; ++r) s[r] += k[d] * QT[d * TQp + r];
+    }
+  }
+}
+
+void softmax_portable(float* ST, float* m, float* l, float* O, int64_t rows, int64_t nk, int64_t TQp, int64_t Dp,
+                      float scale) {
+  float alpha[kMaxTQ];
+  for (int64_t r = 0; r < rows; ++r) {
+    float mx = m[r], sum = 0.f;
+    for (int64_t j = 0; j < nk; ++j) mx = std::max(mx, ST[j * TQp + r] * scale);
+    for (int64_t j = 0; j < nk; ++j) {
+      ST[j * TQp + r] = std::exp2(ST[j * TQp + r] * scale - mx);
+      sum += ST[j * TQp + r];
+    }
+    alpha[r] = std::exp2(m[r] - mx);  // 0 on the first block (m = -inf)
+    l[r] = l[r] * alpha[r] + sum;
+    m[r] = mx;
+  }
+  rescale_rows(O, alpha, rows, Dp);
+}
+
+void pv_portable(const float* PT, const float* const* vrows, float* O, int64_t rows_p, int64_t nk, int64_t TQp,
+                 int64_t D, int64_t Dp) {
+  for (int64_t j = 0; j < nk; ++j) {
+    for (int64_t r = 0; r < rows_p; ++r) {
+      const float p = PT[j * TQp + r];
+      for (int64_t d = 0; d < D; ++d) O[r * Dp + d] += p * vrows[j][d];
+    }
+  }
+}
+
+#ifdef LIVEAVATAR_RT_RA_AVX512
+// GCC 12's own unmasked AVX-512 intrinsics trip -Wmaybe-uninitialized (GCC PR 105593).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+// ---- AVX-512 kernels (FMA: the summation order differs from torch's anyway) ---------------
+#define RA_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
+#define RA_AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,avx512bf16")))
+
+// 2^x: 2^round(x) by vscalefps (exact, 0 below -149) times a degree-6 fit of 2^f on
+// [-0.5, 0.5] (max error 0.7 ulp). x is clamped so that -inf gives 0, not NaN.
+RA_AVX512 inline __m512 exp2_ps(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-200.f));
+  const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(x, n);
+  __m512 p = _mm512_set1_ps(1.546973217e-04f);
+  for (float c : {1.340043265e-03f, 9.618025273e-03f, 5.550327152e-02f, 2.402265072e-01f, 6.931471825e-01f, 1.f})
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c));
+  return _mm512_scalef_ps(p, n);
+}
+
+// kKR keys x NV vectors of 16 queries in registers; per step one QT row chunk, kKR broadcasts.
+// Step = one dim (fp32) or one dim pair (BF16: vdpbf16ps adds both exact products).
+template <int NV, bool BF16>
+RA_AVX512BF16 inline void qk_tile(const float* QT, const void* const* krows, float* ST, int64_t j0, int64_t r0,
+                                  int64_t TQp, int64_t steps) {
+  __m512 acc[kKR][NV];
+#pragma GCC unroll 16
+  for (auto& a : acc)
+#pragma GCC unroll 16
+    for (auto& v : a) v = _mm512_setzero_ps();
+  for (int64_t d = 0; d < steps; ++d) {
+    __m512 q[NV];
+#pragma GCC unroll 16
+    for (int c = 0; c < NV; ++c) q[c] = _mm512_loadu_ps(QT + d * TQp + r0 + 16 * c);
+#pragma GCC unroll 16
+    for (int64_t i = 0; i < kKR; ++i) {
+      if constexpr (BF16) {
+        int pair;
+        std::memcpy(&pair, static_cast<const char*>(krows[j0 + i]) + 4 * d, 4);
+        const __m512bh k = (__m512bh)_mm512_set1_epi32(pair);
+#pragma GCC unroll 16
+        for (int c = 0; c < NV; ++c) acc[i][c] = _mm512_dpbf16_ps(acc[i][c], k, (__m512bh)q[c]);
+      } else {
+        const __m512 k = _mm512_set1_ps(static_cast<const float*>(krows[j0 + i])[d]);
+#pragma GCC unroll 16
+        for (int c = 0; c < NV; ++c) acc[i][c] = _mm512_fmadd_ps(k, q[c], acc[i][c]);
+      }
+    }
+  }
+#pragma GCC unroll 16
+  for (int64_t i = 0; i < kKR; ++i)
+#pragma GCC unroll 16
+    for (int c = 0; c < NV; ++c) _mm512_storeu_ps(ST + (j0 + i) * TQp + r0 + 16 * c, acc[i][c]);
+}
+
+// 32-query chunks: a [D][32] QT chunk (16 KB at D = 128) stays in L1 while the keys stream.
+template <bool BF16>
+RA_AVX512BF16 inline void qk_blocks(const float* QT, const void* const* krows, float* ST, int64_t nk, int64_t TQp,
+                                    int64_t D) {
+  const int64_t steps = BF16 ? D / 2 : D;
+  for (int64_t r0 = 0; r0 < TQp; r0 += 32) {
+    for (int64_t j0 = 0; j0 < nk; j0 += kKR) {
+      if (TQp - r0 >= 32) {
+        qk_tile<2, BF16>(QT, krows, ST, j0, r0, TQp, steps);
+      } else {
+        qk_tile<1, BF16>(QT, krows, ST, j0, r0, TQp, steps);
+      }
+    }
+  }
+}
+
+RA_AVX512BF16 void qk_avx512_bf16(const float* QT, const void* const* kr, float* ST, int64_t nk, int64_t TQp,
+                                  int64_t D) {
+  qk_blocks<true>(QT, kr, ST, nk, TQp, D);
+}
+// Shares qk_tile's attribute (one template for both key formats); the fp32 instantiation has no
+// BF16 intrinsic and GCC emits BF16 instructions only for them / __bf16 conversions.
+RA_AVX512BF16 void qk_avx512_f32_impl(const float* QT, const void* const* kr, float* ST, int64_t nk, int64_t TQp,
+                                      int64_t D) {
+  qk_blocks<false>(QT, kr, ST, nk, TQp, D);
+}
+
+// Softmax over the keys of the block, 16 queries per vector: no horizontal reductions.
+RA_AVX512 void softmax_avx512(float* ST, float* m, float* l, float* O, int64_t rows, int64_t nk, int64_t TQp,
+                              int64_t Dp, float scale) {
+  alignas(64) float alpha[kMaxTQ];
+  const __m512 vscale = _mm512_set1_ps(scale);
+  for (int64_t r0 = 0; r0 < rows; r0 += 16) {
+    const __m512 m_old = _mm512_loadu_ps(m + r0);
+    __m512 mx = m_old, sum = _mm512_setzero_ps();
+    for (int64_t j = 0; j < nk; ++j) mx = _mm512_max_ps(mx, _mm512_mul_ps(_mm512_loadu_ps(ST + j * TQp + r0), vscale));
+    for (int64_t j = 0; j < nk; ++j) {
+      const __m512 p = exp2_ps(_mm512_sub_ps(_mm512_mul_ps(_mm512_loadu_ps(ST + j * TQp + r0), vscale), mx));
+      _mm512_storeu_ps(ST + j * TQp + r0, p);
+      sum = _mm512_add_ps(sum, p);
+    }
+    const __m512 a = exp2_ps(_mm512_sub_ps(m_old, mx));  // 0 on the first block (m = -inf)
+    _mm512_storeu_ps(alpha + r0, a);
+    _mm512_storeu_ps(l + r0, _mm512_fmadd_ps(_mm512_loadu_ps(l + r0), a, sum));
+    _mm512_storeu_ps(m + r0, mx);
+  }
+  rescale_rows(O, alpha, rows, Dp);
+}
+
+// kMR query rows x NV vectors of O in registers; per key one value row chunk, kMR broadcasts.
+template <int NV>
+RA_AVX512 inline void pv_tile(const float* PT, const float* const* vrows, float* O, int64_t r0, int64_t c0,
+                              int64_t nk, int64_t TQp, int64_t Dp, __mmask16 last) {
+  __m512 acc[kMR][NV];
+#pragma GCC unroll 16
+  for (int64_t i = 0; i < kMR; ++i)
+#pragma GCC unroll 16
+    for (int c = 0; c < NV; ++c) acc[i][c] = _mm512_loadu_ps(O + (r0 + i) * Dp + c0 + 16 * c);
+  for (int64_t j = 0; j < nk; ++j) {
+    __m512 v[NV];
+#pragma GCC unroll 16
+    for (int c = 0; c < NV; ++c) {
+      const __mmask16 live = c == NV - 1 ? last : __mmask16(0xFFFF);
+      v[c] = _mm512_maskz_loadu_ps(live, vrows[j] + c0 + 16 * c);
+    }
+#pragma GCC unroll 16
+    for (int64_t i = 0; i < kMR; ++i) {
+      const __m512 p = _mm512_set1_ps(PT[j * TQp + r0 + i]);
+#pragma GCC unroll 16
+      for (int c = 0; c < NV; ++c) acc[i][c] = _mm512_fmadd_ps(p, v[c], acc[i][c]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int64_t i = 0; i < kMR; ++i)
+#pragma GCC unroll 16
+    for (int c = 0; c < NV; ++c) _mm512_storeu_ps(O + (r0 + i) * Dp + c0 + 16 * c, acc[i][c]);
+}
+
+RA_AVX512 void pv_avx512(const float* PT, const float* const* vrows, float* O, int64_t rows_p, int64_t nk,
+                         int64_t TQp, int64_t D, int64_t Dp) {
+  for (int64_t c0 = 0; c0 < D; c0 += 64) {
+    const int64_t nv = std::min<int64_t>(4, (D - c0 + 15) / 16), tail = (D - c0) - 16 * (nv - 1);
+    const __mmask16 last = tail >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << tail) - 1u);
+    for (int64_t r0 = 0; r0 < rows_p; r0 += kMR) {
+      switch (nv) {
+        case 1: pv_tile<1>(PT, vrows, O, r0, c0, nk, TQp, Dp, last); break;
+        case 2: pv_tile<2>(PT, vrows, O, r0, c0, nk, TQp, Dp, last); break;
+        case 3: pv_tile<3>(PT, vrows, O, r0, c0, nk, TQp, Dp, last); break;
+        default: pv_tile<4>(PT, vrows, O, r0, c0, nk, TQp, Dp, last); break;
+      }
+    }
+  }
+}
+#pragma GCC diagnostic pop
+#endif  // LIVEAVATAR_RT_RA_AVX512
+
+}  // namespace
+
+int ra_best_isa() {
+#ifdef LIVEAVATAR_RT_RA_AVX512
+  static const int best = [] {
+    __builtin_cpu_init();
+    if (!(__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma")))
+      return int(kIsaPortable);
+    return int(__builtin_cpu_supports("avx512bf16") ? kIsaAvx512Bf16 : kIsaAvx512);
+  }();
+  return best;
+#else
+  return kIsaPortable;
+#endif
+}
+
+const RaKernels& ra_kernels(int isa) {
+  static const RaKernels portable{false, qk_portable, softmax_portable, pv_portable};
+#ifdef LIVEAVATAR_RT_RA_AVX512
+  static const RaKernels avx512{false, qk_avx512_f32_impl, softmax_avx512, pv_avx512};
+  static const RaKernels avx512_bf16{true, qk_avx512_bf16, softmax_avx512, pv_avx512};
+  if (isa == kIsaAvx512Bf16) return avx512_bf16;
+  if (isa == kIsaAvx512) return avx512;
+#endif
+  return portable;
+}
+
+}  // namespace liveavatar_rt::cpu
