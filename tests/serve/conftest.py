@@ -54,6 +54,23 @@ def server(start_server):
     return start_server()
 
 
+FULL_S = 1.5  # 24000 samples -> 38 video frames -> 4 blocks -> 9 + 3 * 12 = 45 frames
+
+
+def expected_frames(n16k: int) -> int:
+    """Frames of a session fed n16k samples at 16 kHz: whole blocks of 12, minus the 3 the
+    published stream start drops."""
+    blocks = -(-(-(-n16k // 640)) // 12)
+    return 12 * blocks - 3
+
+
+@pytest.fixture(scope="session")
+def solo(server, portrait, speech):
+    """One whole single-process session (1.5 s of speech, seed 0): (client, segments)."""
+    pcm, rate = speech
+    return run_session(server.ws_url, portrait, pcm[:int(FULL_S * rate)], rate, seed=0)
+
+
 @pytest.fixture(scope="session")
 def portrait() -> bytes:
     """The example portrait at 64x64 (the smallest accepted side): the tiny model then renders

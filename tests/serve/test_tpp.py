@@ -7,7 +7,7 @@ import pytest
 
 from liveavatar_rt.serve.client import ServerError, StreamClient
 
-from .conftest import run_session, wait_idle
+from .conftest import FULL_S, run_session, wait_idle
 
 
 @pytest.fixture(scope="module")
@@ -27,24 +27,22 @@ def tpp_server(start_server):
     engine.close()
 
 
-def test_tpp_server_streams_the_single_process_bytes(tpp_server, server, portrait, speech):
+def test_tpp_server_streams_the_single_process_bytes(tpp_server, solo, portrait, speech):
     pcm, rate = speech
-    audio = pcm[:int(1.5 * rate)]
-    c1, ring_segments = run_session(tpp_server.ws_url, portrait, audio, rate, seed=0)
-    c0, local_segments = run_session(server.ws_url, portrait, audio, rate, seed=0)
-    assert c1.init.data == c0.init.data
+    ring, ring_segments = run_session(tpp_server.ws_url, portrait, pcm[:int(FULL_S * rate)], rate, seed=0)
+    local, local_segments = solo
+    assert ring.init.data == local.init.data
     assert [s.data for s in ring_segments] == [s.data for s in local_segments]
-    # a second session on the ring after the first one ended
-    wait_idle(tpp_server)
-    c2, again = run_session(tpp_server.ws_url, portrait, audio, rate, seed=0)
-    assert [s.data for s in again] == [s.data for s in local_segments]
 
 
 def test_tpp_server_capacity_is_one(tpp_server, portrait, speech):
-    _, rate = speech
+    """Also the ring's second session: it opens once the first has ended."""
+    pcm, rate = speech
     wait_idle(tpp_server)
     with StreamClient(tpp_server.ws_url, timeout=60) as held:
         held.start(portrait, sample_rate=rate)
+        held.send_audio(pcm[:int(0.5 * rate)])
+        assert held.next_segment(timeout=60).meta["frames"] == 9
         with StreamClient(tpp_server.ws_url, timeout=10) as second:
             with pytest.raises(ServerError) as err:
                 second.start(portrait, sample_rate=rate)
