@@ -7,7 +7,6 @@ Skipped when Chromium or Playwright is missing, unless LIVEAVATAR_RT_REQUIRE_BRO
 sets it, so there the test cannot silently vanish)."""
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import wave
