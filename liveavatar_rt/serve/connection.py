@@ -23,7 +23,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from .config import ServeConfig
 from .metrics import SessionStats
-from .protocol import ProtocolError, StartRequest, decode_pcm, parse_ack, parse_start, parse_text
+from .protocol import ProtocolError, StartRequest, decode_pcm, parse_ack, parse_player, parse_start, parse_text
 from .worker import StreamWorker
 
 SILENCE_TICK_S = 0.1
@@ -129,6 +129,8 @@ class Connection:
             if kind == "ack":
                 self.acked = max(self.acked, min(parse_ack(parsed), self.sent_seq))
                 self.wake.set()
+            elif kind == "player":
+                self.stats.on_player(**parse_player(parsed))
             elif kind == "end":
                 if self.sess is None:
                     raise ProtocolError("protocol", '"end" before the session was ready')

@@ -7,6 +7,8 @@ Definitions (server clock, time.monotonic):
 - dropped frames: frames of segments discarded because the client did not keep up (queue full).
 - late frames: frames written after their playout time on a real-time clock started at the
   first segment with `late_slack_s` of playout delay (a player with that buffer would stall).
+- shown TTFF / frames shown / player-dropped frames: reported by the client's player ("player"
+  messages; the web page sends them): first audio sent -> first frame painted, on its clock.
 All stats are touched from the event loop thread only (the worker thread posts to it).
 """
 from __future__ import annotations
@@ -38,6 +40,9 @@ class SessionStats:
     audio_s: float = 0.0  # client audio received
     silence_s: float = 0.0  # silence pushed while the client sent nothing
     block_compute_s: float = 0.0  # last block's model time
+    shown_ttff_s: float | None = None  # player-reported (see the module docstring)
+    frames_shown: int = 0
+    player_dropped: int = 0
 
     def on_audio(self, seconds: float, silence: bool = False) -> None:
         if silence:
@@ -46,6 +51,13 @@ class SessionStats:
         if self.first_audio_at is None:
             self.first_audio_at = time.monotonic()
         self.audio_s += seconds
+
+    def on_player(self, ttff_s: float | None = None, frames_shown: int | None = None,
+                  frames_dropped: int | None = None) -> None:
+        if ttff_s is not None and self.shown_ttff_s is None:
+            self.shown_ttff_s = ttff_s
+        self.frames_shown = frames_shown if frames_shown is not None else self.frames_shown
+        self.player_dropped = frames_dropped if frames_dropped is not None else self.player_dropped
 
     def on_sent(self, start_frame: int, frames: int, nbytes: int) -> None:
         """A segment with frames [start_frame, start_frame + frames) of the output was written."""
@@ -77,7 +89,8 @@ class SessionStats:
         return {"ttff_s": r(self.ttff_s), "fps": r(self.steady_fps), "frames_sent": self.frames_sent,
                 "frames_generated": self.frames_generated, "dropped": self.frames_dropped,
                 "late": self.frames_late, "audio_s": r(self.audio_s), "silence_s": r(self.silence_s),
-                "block_compute_s": r(self.block_compute_s)}
+                "block_compute_s": r(self.block_compute_s), "shown_ttff_s": r(self.shown_ttff_s),
+                "frames_shown": self.frames_shown}
 
 
 class ServerStats:
@@ -90,6 +103,7 @@ class ServerStats:
                        "frames_late": 0}
         self.errors: dict[str, int] = {}
         self.ttff_sum, self.ttff_count = 0.0, 0
+        self.shown_sum, self.shown_count = 0.0, 0
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(self)
 
@@ -105,6 +119,9 @@ class ServerStats:
         if st.ttff_s is not None:
             self.ttff_sum += st.ttff_s
             self.ttff_count += 1
+        if st.shown_ttff_s is not None:
+            self.shown_sum += st.shown_ttff_s
+            self.shown_count += 1
 
     def collect(self):
         """prometheus_client collector protocol: called by generate_latest()."""
@@ -126,13 +143,19 @@ class ServerStats:
             yield CounterMetricFamily(f"liveavatar_{key}", what + " (all sessions)", value=total)
         yield GaugeMetricFamily("liveavatar_ttff_seconds_mean", "mean time to first frame of finished sessions",
                                 value=self.ttff_sum / self.ttff_count if self.ttff_count else float("nan"))
+        yield GaugeMetricFamily("liveavatar_ttff_shown_seconds_mean",
+                                "mean player-reported time to first frame shown, finished sessions",
+                                value=self.shown_sum / self.shown_count if self.shown_count else float("nan"))
         per = {name: GaugeMetricFamily(f"liveavatar_session_{name}", help_, labels=["session"]) for name, help_ in [
             ("ttff_seconds", "time to first frame (first audio received -> first segment written)"),
+            ("ttff_shown_seconds", "player-reported time to first frame shown (first audio sent -> painted)"),
+            ("frames_shown", "player-reported frames shown"),
             ("fps", "steady frames per second written"), ("frames_generated", "frames rendered"),
             ("frames_dropped", "frames dropped"),
             ("frames_late", "frames late"), ("block_compute_seconds", "last block's model time")]}
         for s in live:
-            for name, value in [("ttff_seconds", s.ttff_s), ("fps", s.steady_fps),
+            for name, value in [("ttff_seconds", s.ttff_s), ("ttff_shown_seconds", s.shown_ttff_s),
+                                ("frames_shown", s.frames_shown), ("fps", s.steady_fps),
                                 ("frames_generated", s.frames_generated), ("frames_dropped", s.frames_dropped),
                                 ("frames_late", s.frames_late), ("block_compute_seconds", s.block_compute_s)]:
                 if value is not None:

@@ -7,6 +7,9 @@ Client -> server (text messages are JSON objects with a "type"):
                (whole sample frames), sent only after "ready"
     {"type": "ack", "seq": n}   segment n was received (the server keeps <= ack_window unacked)
     {"type": "end"}             no more audio: the server renders the rest, sends "done", closes
+    {"type": "player", "ttff_s": 0.9, "frames_shown": 120, "frames_dropped": 0}
+                                optional player-side figures (the web page sends them): time from
+                                its first audio sent to its first frame painted, for /metrics
 Server -> client:
     {"type": "ready", "session", "width", "height", "fps", "audio_rate", "setup_s", "note"}
     {"type": "init", "mime", "bytes"}  + <binary> fMP4 init segment (once, before any segment)
@@ -84,8 +87,8 @@ def parse_text(text: str, cfg: ServeConfig) -> dict:
         raise ProtocolError("bad_json", f"text messages must be JSON objects: {e}") from None
     if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
         raise ProtocolError("bad_message", 'a message must be a JSON object with a string "type"')
-    if msg["type"] not in ("start", "ack", "end"):
-        raise ProtocolError("bad_message", f"unknown message type {msg['type']!r}; expected start, ack or end")
+    if msg["type"] not in ("start", "ack", "end", "player"):
+        raise ProtocolError("bad_message", f"unknown message type {msg['type']!r}; expected start, ack, end or player")
     return msg
 
 
@@ -94,6 +97,20 @@ def parse_ack(msg: dict) -> int:
     if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
         raise ProtocolError("bad_message", f'"ack" needs an integer "seq" >= 0, got {seq!r}')
     return seq
+
+
+def parse_player(msg: dict) -> dict:
+    """Player figures: each optional, finite and >= 0 (ttff_s below a day, counts integers)."""
+    out = {}
+    for key, kind in (("ttff_s", float), ("frames_shown", int), ("frames_dropped", int)):
+        v = msg.get(key)
+        if v is None:
+            continue
+        ok = not isinstance(v, bool) and isinstance(v, (int, float)) and v == v and 0 <= v < 86400 * 1000
+        if not ok or (kind is int and int(v) != v):
+            raise ProtocolError("bad_message", f'"player" field {key!r} must be a {kind.__name__} >= 0, got {v!r}')
+        out[key] = kind(v)
+    return out
 
 
 def parse_start(msg: dict, cfg: ServeConfig) -> StartRequest:

@@ -11,7 +11,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from .conftest import KiB, http_get, metric, png_bytes, run_session
+from .conftest import KiB, http_get, metric, png_bytes, run_session, wait_until
 
 GOOD_AUDIO = {"format": "s16le", "sample_rate": 16000, "channels": 1}
 
@@ -162,9 +162,17 @@ def test_healthy_session_unaffected(server, healthy, speech):
     assert client.done["stats"]["dropped"] == 0
     _, text = http_get(server.url + "/metrics")
     assert metric(text, "liveavatar_errors_total", 'code="bad_image"') >= 3
-    assert metric(text, "liveavatar_sessions_active") == 0
+    # the bad sessions' teardown (which waits for their worker threads) ends too
+    wait_until(lambda: metric(http_get(server.url + "/metrics")[1], "liveavatar_sessions_active") == 0, 30,
+               "no active session")
 
 
 def test_silent_client_times_out(start_server):
     srv = start_server(start_timeout_s=0.5)
     assert "0.5 s" in expect_error(srv.ws_url, [], "start_timeout", 1008)
+
+
+def test_bad_player_report(server, healthy, portrait):
+    start = start_msg(portrait)
+    assert "ttff_s" in expect_error(server.ws_url, [start, '{"type": "player", "ttff_s": "fast"}'], "bad_message",
+                                    1008)

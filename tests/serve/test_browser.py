@@ -14,6 +14,8 @@ import wave
 import numpy as np
 import pytest
 
+from .conftest import http_get, metric
+
 CHROMIUM = os.environ.get("LIVEAVATAR_RT_CHROMIUM", "/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync", "--mute-audio",
@@ -97,6 +99,10 @@ def test_page_streams_an_audio_file(server, portrait, speech, tmp_path):
     assert stats["segments"] >= blocks
     assert stats["framesShown"] >= 25
     assert stats["ttffMs"] is not None and stats["ttffMs"] > 0
+    # the page reported what it showed; the server exposes it
+    assert stats["server"]["shown_ttff_s"] == pytest.approx(stats["ttffMs"] / 1000, abs=1e-3)
+    _, text = http_get(server.url + "/metrics")
+    assert metric(text, "liveavatar_ttff_shown_seconds_mean") > 0
     assert (shown["w"], shown["h"]) == (64, 64) and shown["std"] > 1.0
     assert mic["state"] == "streaming" and not mic["errors"], (mic, console)
     assert mic["framesShown"] >= 25 and mic["ttffMs"] > 0 and mic["server"]["audio_s"] > 0.4

@@ -89,9 +89,17 @@ function watchFrames() {
     setStat("s-fps", stats.fps.toFixed(1));
     const q = video.getVideoPlaybackQuality ? video.getVideoPlaybackQuality() : null;
     if (q) setStat("s-pdrop", String(q.droppedVideoFrames));
+    if (meta.presentedFrames === 1 || meta.presentedFrames % 25 === 0) reportPlayer(q);
     if (["streaming", "ending", "done"].includes(stats.state)) video.requestVideoFrameCallback(onFrame);
   };
   video.requestVideoFrameCallback(onFrame);
+}
+
+// The player's own figures, for the server's /metrics (what a viewer actually saw).
+function reportPlayer(q) {
+  if (!ws || ws.readyState !== WebSocket.OPEN) return;
+  ws.send(JSON.stringify({ type: "player", ttff_s: stats.ttffMs === null ? null : stats.ttffMs / 1000,
+                           frames_shown: stats.framesShown, frames_dropped: q ? q.droppedVideoFrames : 0 }));
 }
 
 // ---- audio in ----------------------------------------------------------------------------
