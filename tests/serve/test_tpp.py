@@ -25,6 +25,9 @@ def tpp_server(start_server):
     yield srv
     srv.stop()
     engine.close()
+    import torch.distributed as dist
+
+    assert not dist.is_initialized(), "closing the ring must leave no process group behind"
 
 
 def test_tpp_server_streams_the_single_process_bytes(tpp_server, solo, portrait, speech):
