@@ -61,7 +61,8 @@ def test_figures_are_consistent(bench_json):
     fl = r["flops"]
     assert fl["dit_flop_per_s"] == pytest.approx(fl["dit_flops_steady"] / fl["dit_seconds_steady"])
     assert fl["fraction_of_peak"] == pytest.approx(fl["dit_flop_per_s"] / fl["matmul_peak"]["flops_per_s"])
-    assert r["memory"]["peak_rss_mib"] >= r["memory"]["rss_end_mib"] > 0
+    # the kernel updates the RSS high-water mark lazily: the current RSS may pass it by a little
+    assert r["memory"]["peak_rss_mib"] >= 0.98 * r["memory"]["rss_end_mib"] > 0
 
 
 def test_validate_names_missing_and_wrong_fields(bench_json):
