@@ -80,7 +80,8 @@ def test_page_streams_an_audio_file(server, portrait, speech, tmp_path):
                 const d = g.getImageData(0, 0, c.width, c.height).data;
                 let s = 0, s2 = 0; for (let i = 0; i < d.length; i += 4) { s += d[i]; s2 += d[i] * d[i]; }
                 const n = d.length / 4;
-                return {w: v.videoWidth, h: v.videoHeight, std: Math.sqrt(s2 / n - (s / n) ** 2)};
+                return {w: v.videoWidth, h: v.videoHeight, std: Math.sqrt(s2 / n - (s / n) ** 2),
+                        audioBytes: v.webkitAudioDecodedByteCount};
             }""")
             # the microphone: stream until a second of frames is shown, then Stop
             page.goto(server.url + "/", timeout=30000)
@@ -104,5 +105,6 @@ def test_page_streams_an_audio_file(server, portrait, speech, tmp_path):
     _, text = http_get(server.url + "/metrics")
     assert metric(text, "liveavatar_ttff_shown_seconds_mean") > 0
     assert (shown["w"], shown["h"]) == (64, 64) and shown["std"] > 1.0
+    assert shown["audioBytes"] > 0  # Chromium decoded the AAC track too
     assert mic["state"] == "streaming" and not mic["errors"], (mic, console)
     assert mic["framesShown"] >= 25 and mic["ttffMs"] > 0 and mic["server"]["audio_s"] > 0.4
