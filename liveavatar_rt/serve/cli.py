@@ -37,6 +37,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--ack-window", type=int, default=d.ack_window, help="unacknowledged segments in flight")
     p.add_argument("--seed", type=int, default=0, help="weight seed of the tiny preset")
     p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
+    p.add_argument("--no-warmup", action="store_true",
+                   help="skip rendering one block at start-up (it keeps one-time costs out of the first TTFF)")
     p.add_argument("--log-level", default="info")
     p.set_defaults(fn=run)
     return p
@@ -68,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
     engine = Engine.load(args.model, tpp=args.tpp, seed=args.seed, dtype=args.dtype)
     if engine.note:
         print(f"note: {engine.note}", file=sys.stderr)
+    if not args.no_warmup:
+        print(f"liveavatar-rt serve: warm-up block rendered in {engine.warmup():.1f} s", file=sys.stderr)
     app = create_app(engine, cfg)
     auth = "bearer token required" if cfg.token else "no auth"
     print(f"liveavatar-rt serve: http://{cfg.host}:{cfg.port}/ ({auth}, "
