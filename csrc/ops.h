@@ -43,6 +43,10 @@ void gated_residual_out_cpu(at::Tensor& out, const at::Tensor& x, const at::Tens
 at::Tensor layer_norm_cpu(const at::Tensor& x, const std::optional<at::Tensor>& weight,
                           const std::optional<at::Tensor>& bias, double eps);
 
+// GELU, tanh approximation (csrc/cpu/gelu.cpp), as ops/activation.py::gelu_tanh: x fp32|bf16 ->
+// same dtype, fp32 inside.
+at::Tensor gelu_tanh_cpu(const at::Tensor& x);
+
 // Rolling-cache attention (csrc/cpu/rolling_attention.cpp), as liveavatar_rt/ops/rolling_attention.py:
 // q [B, Lq, H, D] (rotated) against [ring_k[:, :valid] ; RoPE(cond_k) with cond_cos/sin [Lc, D/2] fp32]
 // and [ring_v[:, :valid] ; cond_v]; fp32 online softmax; output in q's dtype.

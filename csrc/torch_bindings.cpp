@@ -36,6 +36,9 @@ TORCH_LIBRARY(liveavatar_rt, m) {
   // LayerNorm over the last dim, as liveavatar_rt/ops/norm.py::layer_norm: fp32 statistics,
   // optional affine weight/bias [C] upcast to fp32. x: [..., C] fp32|bf16 -> fp32 [..., C].
   m.def("layer_norm(Tensor x, Tensor? weight, Tensor? bias, float eps) -> Tensor");
+  // GELU with the tanh approximation, as liveavatar_rt/ops/activation.py::gelu_tanh: fp32
+  // inside, x: [...] fp32|bf16 -> the same shape and dtype (contiguous).
+  m.def("gelu_tanh(Tensor x) -> Tensor");
   // One streaming block's attention over [ring cache ; conditioning], as
   // liveavatar_rt/ops/rolling_attention.py: keys = [ring_k[:, :valid] ; rope(cond_k, cos, sin)],
   // values = [ring_v[:, :valid] ; cond_v], exact softmax with fp32 softmax and accumulation,
@@ -63,6 +66,7 @@ TORCH_LIBRARY_IMPL(liveavatar_rt, CPU, m) {
   m.impl("gated_residual", &liveavatar_rt::gated_residual_cpu);
   m.impl("gated_residual_out", &liveavatar_rt::gated_residual_out_cpu);
   m.impl("layer_norm", &liveavatar_rt::layer_norm_cpu);
+  m.impl("gelu_tanh", &liveavatar_rt::gelu_tanh_cpu);
   m.impl("rolling_attention", &liveavatar_rt::rolling_attention_cpu);
   m.impl("qk_norm_rope", &liveavatar_rt::qk_norm_rope_cpu);
   m.impl("qk_norm_rope_out", &liveavatar_rt::qk_norm_rope_out_cpu);

@@ -55,6 +55,10 @@ def _register_fakes() -> None:
     def _layer_norm_fake(x, weight, bias, eps):
         return x.new_empty(x.shape, dtype=torch.float32)
 
+    @torch.library.register_fake("liveavatar_rt::gelu_tanh")
+    def _gelu_tanh_fake(x):
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+
     @torch.library.register_fake("liveavatar_rt::rolling_attention")
     def _rolling_attention_fake(q, ring_k, ring_v, valid, cond_k, cond_v, cond_cos, cond_sin):
         return torch.empty_like(q, memory_format=torch.contiguous_format)

@@ -90,6 +90,17 @@ void bf16_to_float(const c10::BFloat16* src, float* dst, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dst[i] = load_float(src, i);
 }
 
+// One bf16 value row into its half (`odd`: high) of a key-pair row of 32-bit pairs; `last`: an
+// unpaired last key, whose partner half is zeroed.
+template <typename T>
+inline void interleave_value_row(const T* v, uint32_t* pair_row, int64_t odd, int64_t D, bool last) {
+  const auto* bits = reinterpret_cast<const uint16_t*>(v);
+  auto* halves = reinterpret_cast<uint16_t*>(pair_row);
+  for (int64_t d = 0; d < D; ++d) halves[2 * d + odd] = bits[d];
+  if (last)
+    for (int64_t d = 0; d < D; ++d) halves[2 * d + 1] = 0;
+}
+
 template <typename T>
 void run_tasks(const RaArgs& a, const RaKernels& kern, int64_t t0, int64_t t1) {
   constexpr bool kBf16 = std::is_same_v<T, c10::BFloat16>;
@@ -97,7 +108,12 @@ void run_tasks(const RaArgs& a, const RaKernels& kern, int64_t t0, int64_t t1) {
   const bool keys_in_place = !kBf16 || pairs;        // ring rows already in the kernel's key format
   TORCH_CHECK(kBf16 || !pairs, "liveavatar_rt::rolling_attention: bf16 dot-product kernels need bf16 inputs");
   const int64_t D = a.D, Dp = a.Dp, TQp = a.TQ, N = a.valid + a.Lc;
-  Scratch qt(Dp * TQp), st(kTK * TQp), o(TQp * Dp), m(TQp), l(TQp), kbuf(kTK * Dp), vbuf(kTK * Dp);
+  // bf16 inputs with the BF16 kernels: V packed as key pairs in vbuf, P as pairs in pbuf.
+  const bool pv_pairs = kBf16 && kern.pv_pairs != nullptr;
+  Scratch qt(Dp * TQp), st(kTK * TQp), o(TQp * Dp), m(TQp), l(TQp), kbuf(kTK * Dp), vbuf(kTK * Dp),
+      pbuf(pv_pairs ? kTK / 2 * TQp : 1);
+  auto* vpairs = reinterpret_cast<uint32_t*>(vbuf.get());
+  auto* ppairs = reinterpret_cast<uint32_t*>(pbuf.get());
   const void* krows[kTK + kKR];
   const float* vrows[kTK];
   for (int64_t task = t0; task < t1; ++task) {
@@ -143,7 +159,9 @@ void run_tasks(const RaArgs& a, const RaKernels& kern, int64_t t0, int64_t t1) {
         krows[j] = kf;
         const T* v = g < a.valid ? a.rv.row<T>(b, g, h) : a.cv.row<T>(b, g - a.valid, h);
         float* vf = vbuf.get() + j * Dp;
-        if constexpr (kBf16) {
+        if (pv_pairs) {
+          interleave_value_row(v, vpairs + (j / 2) * Dp, j % 2, D, j + 1 == nk && j % 2 == 0);
+        } else if constexpr (kBf16) {
           bf16_to_float(v, vf, D);
         } else {
           std::memcpy(vf, v, D * sizeof(float));
@@ -153,7 +171,12 @@ void run_tasks(const RaArgs& a, const RaKernels& kern, int64_t t0, int64_t t1) {
       for (int64_t j = nk; j < kTK + kKR; ++j) krows[j] = krows[nk - 1];  // whole kKR groups; unused
       kern.qk(qt.get(), krows, st.get(), nk, TQp, D);
       kern.softmax(st.get(), m.get(), l.get(), o.get(), rows, nk, TQp, Dp, a.scale_log2e);
-      kern.pv(st.get(), vrows, o.get(), rows_p, nk, TQp, D, Dp);
+      if (pv_pairs) {
+        pack_p_pairs(st.get(), ppairs, nk, TQp);
+        kern.pv_pairs(ppairs, vpairs, o.get(), rows_p, (nk + 1) / 2, TQp, D, Dp);
+      } else {
+        kern.pv(st.get(), vrows, o.get(), rows_p, nk, TQp, D, Dp);
+      }
     }
     for (int64_t r = 0; r < rows; ++r) {
       T* dst = static_cast<T*>(a.out) + ((b * a.Lq + i0 + r) * a.H + h) * D;

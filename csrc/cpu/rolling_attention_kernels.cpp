@@ -7,8 +7,10 @@
 // `target` attribute, chosen at run time (__builtin_cpu_supports); the portable kernels are
 // plain loops (other CPUs; CTest checks them everywhere). bf16 inputs use AVX512-BF16 dot
 // products for the scores where available: bf16 products are exact in fp32 and accumulate in
-// fp32, so only the summation order differs. P and V stay fp32 (no rounding of P to bf16).
+// fp32, so only the summation order differs. With them, P V also runs on bf16 pairs (P
+// rounded to bf16, as flash attention does on GPU); otherwise P and V stay fp32.
 #include "cpu/rolling_attention_kernels.h"
+#include "cpu/cpu_utils.h"
 
 #include <algorithm>
 #include <cmath>
@@ -218,10 +220,70 @@ RA_AVX512 void pv_avx512(const float* PT, const float* const* vrows, float* O, i
     }
   }
 }
+// kMR query rows x NV vectors of O; per key pair one VP row chunk and kMR P-pair broadcasts,
+// each vdpbf16ps adding both keys' exact bf16 products in fp32.
+template <int NV>
+RA_AVX512BF16 inline void pv_pairs_tile(const uint32_t* PP, const uint32_t* VP, float* O, int64_t r0, int64_t c0,
+                                        int64_t np, int64_t TQp, int64_t Dp, __mmask16 last) {
+  __m512 acc[kMR][NV];
+#pragma GCC unroll 16
+  for (int64_t i = 0; i < kMR; ++i)
+#pragma GCC unroll 16
+    for (int c = 0; c < NV; ++c) acc[i][c] = _mm512_loadu_ps(O + (r0 + i) * Dp + c0 + 16 * c);
+  for (int64_t j = 0; j < np; ++j) {
+    __m512i v[NV];
+#pragma GCC unroll 16
+    for (int c = 0; c < NV; ++c) {
+      const __mmask16 live = c == NV - 1 ? last : __mmask16(0xFFFF);
+      v[c] = _mm512_maskz_loadu_epi32(live, VP + j * Dp + c0 + 16 * c);
+    }
+#pragma GCC unroll 16
+    for (int64_t i = 0; i < kMR; ++i) {
+      const __m512i p = _mm512_set1_epi32(static_cast<int>(PP[j * TQp + r0 + i]));
+#pragma GCC unroll 16
+      for (int c = 0; c < NV; ++c) acc[i][c] = _mm512_dpbf16_ps(acc[i][c], (__m512bh)p, (__m512bh)v[c]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int64_t i = 0; i < kMR; ++i)
+#pragma GCC unroll 16
+    for (int c = 0; c < NV; ++c) _mm512_storeu_ps(O + (r0 + i) * Dp + c0 + 16 * c, acc[i][c]);
+}
+
+RA_AVX512BF16 void pv_pairs_avx512_bf16(const uint32_t* PP, const uint32_t* VP, float* O, int64_t rows_p,
+                                        int64_t np, int64_t TQp, int64_t D, int64_t Dp) {
+  for (int64_t c0 = 0; c0 < D; c0 += 64) {
+    const int64_t nv = std::min<int64_t>(4, (D - c0 + 15) / 16), tail = (D - c0) - 16 * (nv - 1);
+    const __mmask16 last = tail >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << tail) - 1u);
+    for (int64_t r0 = 0; r0 < rows_p; r0 += kMR) {
+      switch (nv) {
+        case 1: pv_pairs_tile<1>(PP, VP, O, r0, c0, np, TQp, Dp, last); break;
+        case 2: pv_pairs_tile<2>(PP, VP, O, r0, c0, np, TQp, Dp, last); break;
+        case 3: pv_pairs_tile<3>(PP, VP, O, r0, c0, np, TQp, Dp, last); break;
+        default: pv_pairs_tile<4>(PP, VP, O, r0, c0, np, TQp, Dp, last); break;
+      }
+    }
+  }
+}
 #pragma GCC diagnostic pop
 #endif  // LIVEAVATAR_RT_RA_AVX512
 
 }  // namespace
+
+LIVEAVATAR_RT_ISA_CLONES
+void pack_p_pairs(const float* ST, uint32_t* PP, int64_t nk, int64_t TQp) {
+  for (int64_t j = 0; j < nk; j += 2) {
+    const float* lo = ST + j * TQp;
+    const float* hi = j + 1 < nk ? ST + (j + 1) * TQp : nullptr;
+    uint32_t* dst = PP + (j / 2) * TQp;
+    if (hi == nullptr) {
+      for (int64_t r = 0; r < TQp; ++r) dst[r] = float_to_bf16_bits(lo[r]);
+    } else {
+      for (int64_t r = 0; r < TQp; ++r)
+        dst[r] = uint32_t(float_to_bf16_bits(lo[r])) | uint32_t(float_to_bf16_bits(hi[r])) << 16;
+    }
+  }
+}
 
 int ra_best_isa() {
 #ifdef LIVEAVATAR_RT_RA_AVX512
@@ -239,10 +301,10 @@ int ra_best_isa() {
 }
 
 const RaKernels& ra_kernels(int isa) {
-  static const RaKernels portable{false, qk_portable, softmax_portable, pv_portable};
+  static const RaKernels portable{false, qk_portable, softmax_portable, pv_portable, nullptr};
 #ifdef LIVEAVATAR_RT_RA_AVX512
-  static const RaKernels avx512{false, qk_avx512_f32_impl, softmax_avx512, pv_avx512};
-  static const RaKernels avx512_bf16{true, qk_avx512_bf16, softmax_avx512, pv_avx512};
+  static const RaKernels avx512{false, qk_avx512_f32_impl, softmax_avx512, pv_avx512, nullptr};
+  static const RaKernels avx512_bf16{true, qk_avx512_bf16, softmax_avx512, pv_avx512, pv_pairs_avx512_bf16};
   if (isa == kIsaAvx512Bf16) return avx512_bf16;
   if (isa == kIsaAvx512) return avx512;
 #endif

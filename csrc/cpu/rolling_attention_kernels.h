@@ -25,7 +25,17 @@ struct RaKernels {
                   float scale);
   void (*pv)(const float* PT, const float* const* vrows, float* O, int64_t rows_p, int64_t nk, int64_t TQp,
              int64_t D, int64_t Dp);
+  // bf16 dot-product form of pv (nullptr where the CPU has no AVX512-BF16), for bf16 inputs:
+  // P and V as bf16 pairs of consecutive keys, PP [np][TQp] and VP [np][Dp] (low half = even
+  // key; see pack_p_pairs), O[r][0:D] += sum_jp PP[jp][r] . VP[jp]. P is rounded to bf16 as
+  // flash attention does on GPU (the published run's attention); V already is bf16.
+  void (*pv_pairs)(const uint32_t* PP, const uint32_t* VP, float* O, int64_t rows_p, int64_t np, int64_t TQp,
+                   int64_t D, int64_t Dp);
 };
+
+// P (fp32 [nk][TQp], after softmax) as bf16 pairs of keys: PP [ceil(nk / 2)][TQp], an odd last
+// key paired with 0.
+void pack_p_pairs(const float* ST, uint32_t* PP, int64_t nk, int64_t TQp);
 
 // The best level this CPU runs (AVX-512 with or without BF16 dot products, else portable).
 int ra_best_isa();

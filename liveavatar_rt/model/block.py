@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
@@ -16,13 +15,15 @@ from .layers import AffineLayerNorm, Linear
 
 
 class FFN(nn.Sequential):
-    """Keys ffn.0 (Linear dim->ffn), ffn.2 (Linear ffn->dim); GELU(tanh) in the compute dtype."""
+    """Keys ffn.0 (Linear dim->ffn), ffn.2 (Linear ffn->dim); GELU(tanh) in the compute dtype
+    (ops.gelu_tanh; the nn.GELU entry only keeps the published key numbering)."""
 
     def __init__(self, ops, dim: int, ffn_dim: int):
         super().__init__(Linear(ops, dim, ffn_dim), nn.GELU(approximate="tanh"), Linear(ops, ffn_dim, dim))
+        self.ops = ops
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self[2](F.gelu(self[0](x), approximate="tanh"))
+        return self[2](self.ops.gelu_tanh(self[0](x)))
 
 
 class Block(nn.Module):

@@ -1,7 +1,8 @@
 """`cpu` providers for the rest of a transformer block's small ops (C++ kernels of
 `liveavatar_rt._C`, csrc/cpu/): `gated_residual` (bit-identical), `layer_norm` (within the
-provider rule: two-pass fp32 statistics instead of torch's Welford) and `attention` (the
-rolling_attention kernel with no conditioning keys: fp32 online softmax, within the rule).
+provider rule: two-pass fp32 statistics instead of torch's Welford), `gelu_tanh` (one exp
+instead of torch's tanh, within the rule) and `attention` (the rolling_attention kernel with no
+conditioning keys: fp32 online softmax, within the rule).
 
 At the tiny preset's sizes ([192, 128] rows) each reference is several small torch ops plus
 fp32 copies of bf16 inputs, and their fixed costs dominate the block time; each kernel is one
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from .activation import gelu_tanh as _gelu_tanh_ref
 from .attention import attention as _attention_ref
 from .cpu_providers import PRIORITY, _DTYPES, _frames, rolling_attention_supports, supports
 from .modulate import gated_residual as _gated_residual_ref
@@ -77,7 +79,15 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     return torch.ops.liveavatar_rt.rolling_attention.default(q, k, v, k.shape[1], empty, empty, table, table)
 
 
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """As ops/activation.py: x bf16|fp32 on CPU -> x's dtype; other dtypes run the reference."""
+    if x.dtype not in _DTYPES or x.device.type != "cpu":
+        return _gelu_tanh_ref(x)
+    return torch.ops.liveavatar_rt.gelu_tanh.default(x)
+
+
 OPS["gated_residual"].register("cpu", gated_residual, priority=PRIORITY, supports=supports)
 OPS["layer_norm"].register("cpu", layer_norm, priority=PRIORITY, supports=supports)
+OPS["gelu_tanh"].register("cpu", gelu_tanh, priority=PRIORITY, supports=supports)
 # Same AVX-512 condition as rolling_attention (the portable kernel is slower than the reference).
 OPS["attention"].register("cpu", attention, priority=PRIORITY, supports=rolling_attention_supports)

@@ -1,6 +1,6 @@
 """`cpu` providers of the block's small ops (liveavatar_rt/ops/cpu_block_providers.py) against
-their references: `gated_residual` bit-identical, `layer_norm` and `attention` under
-tests/tolerances.py's provider rule. Model shapes (tiny [1, 3 frames, 64 tokens, 128], the
+their references: `gated_residual` bit-identical, `layer_norm`, `gelu_tanh` and `attention`
+under tests/tolerances.py's provider rule. Model shapes (tiny [1, 3 frames, 64 tokens, 128], the
 audio injector's [3, 64, 2, 64] x 5 keys, a 14B row width), odd and strided ones; out-variant,
 input checks and torch.library.opcheck of the C++ ops; the OpTable picks them.
 """
@@ -11,6 +11,7 @@ import torch
 
 from liveavatar_rt import _ext
 from liveavatar_rt.ops import OpTable, cpu_block_providers as prov
+from liveavatar_rt.ops.activation import gelu_tanh as gelu_ref
 from liveavatar_rt.ops.attention import attention as attention_ref
 from liveavatar_rt.ops.cpu_providers import rolling_attention_supports
 from liveavatar_rt.ops.modulate import gated_residual as gated_ref
@@ -122,6 +123,26 @@ def test_layer_norm_rejects_bad_inputs(ops):
         ops.layer_norm.default(_randn(2, 4), _randn(5), None, 1e-6)
 
 
+# ---------------------------------------------------------------- gelu_tanh
+
+@pytest.mark.parametrize("shape", [(1, 192, 256), (7,), (3, 5, 67), (2, 40000)], ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_gelu_tanh_within_provider_rule(ops, shape, dtype):
+    x = _randn(*shape, seed=15, scale=4.0).to(dtype)
+    x.view(-1)[:4] = torch.tensor([-60.0, 60.0, 0.0, -1e-3])  # saturated tails, zero, tiny
+    out = prov.gelu_tanh(x)
+    assert out.dtype == dtype and out.shape == x.shape
+    assert_provider_close(out, gelu_ref(x), gelu_ref(x.float()), f"gelu_tanh[cpu] {shape} {dtype}")
+
+
+def test_gelu_tanh_strided_and_bad_input(ops):
+    x = _randn(64, 24, seed=16).t()
+    assert_provider_close(prov.gelu_tanh(x), gelu_ref(x), gelu_ref(x), "gelu_tanh[cpu] strided")
+    with pytest.raises(RuntimeError, match="float32 or bfloat16"):
+        ops.gelu_tanh.default(x.double())
+    assert torch.equal(prov.gelu_tanh(x.double()), gelu_ref(x.double()))  # other dtypes: the reference
+
+
 # ---------------------------------------------------------------- attention
 
 ATTN_SHAPES = {  # B, Lq, Lk, H, D
@@ -168,7 +189,7 @@ def test_attention_falls_back_for_other_forms(attn_ok):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_providers_are_chosen(ops, dtype):
     t = OpTable("cpu", dtype)
-    assert t.chosen["gated_residual"] == "cpu" and t.chosen["layer_norm"] == "cpu"
+    assert t.chosen["gated_residual"] == "cpu" and t.chosen["layer_norm"] == "cpu" and t.chosen["gelu_tanh"] == "cpu"
     if rolling_attention_supports(torch.device("cpu"), dtype) is None:
         assert t.chosen["attention"] == "cpu"
     assert OpTable("cpu", dtype, force="ref").chosen["gated_residual"] == "ref"
@@ -180,3 +201,4 @@ def test_opcheck(ops):
     torch.library.opcheck(ops.gated_residual_out.default, (torch.empty(1, 6, 8), x, y, g))
     torch.library.opcheck(ops.layer_norm.default, (x, _randn(8), None, 1e-6))
     torch.library.opcheck(ops.layer_norm.default, (y, None, None, 1e-5))
+    torch.library.opcheck(ops.gelu_tanh.default, (x,))
