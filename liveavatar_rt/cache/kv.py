@@ -66,22 +66,24 @@ class _RingAttend:
 
     def _attend(self, q_rot: torch.Tensor, valid: int) -> torch.Tensor:
         ring, i = self.ring, self.layer
-        return self.ops.rolling_attention(q_rot, ring.k[i], ring.v[i], valid, self.cond.k[i], self.cond.v[i],
+        return self.ops.rolling_attention(q_rot, *ring.layer(i), valid, self.cond.k[i], self.cond.v[i],
                                           *self.cond_rope32)
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         n, ops, ring, i = q.shape[1], self.ops, self.ring, self.layer
         slot, valid = ring.window(self.start, n)
-        ring.k[i, :, slot:slot + n] = ops.rope_apply(k, *self.q_rope)
-        ring.v[i, :, slot:slot + n] = v
+        ring_k, ring_v = ring.layer(i)
+        ring_k[:, slot:slot + n] = ops.rope_apply(k, *self.q_rope)
+        ring_v[:, slot:slot + n] = v
         return self._attend(ops.rope_apply(q, *self.q_rope), valid)
 
     def raw(self, q, k, v, wq, wk, eps: float, num_heads: int) -> torch.Tensor:
         n, ring, i = q.shape[1], self.ring, self.layer
         slot, valid = ring.window(self.start, n)
+        ring_k, ring_v = ring.layer(i)
         q_rot, _, _ = self.ops.qk_norm_rope(q, k, wq, wk, eps, *self.q_rope32, num_heads,
-                                            k_rot_out=ring.k[i, :, slot:slot + n])
-        ring.v[i, :, slot:slot + n] = v
+                                            k_rot_out=ring_k[:, slot:slot + n])
+        ring_v[:, slot:slot + n] = v
         return self._attend(q_rot, valid)
 
 
@@ -92,6 +94,8 @@ class RingCache:
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.capacity = capacity
+        # per-layer views [batch, capacity, heads, head_dim], made once (saves a select per use)
+        self._layers = list(zip(self.k.unbind(0), self.v.unbind(0)))
         self._tables: dict[int, tuple] = {}  # id(source tables) -> (source, fp32 tables)
 
     def window(self, start: int, length: int) -> tuple[int, int]:
@@ -100,6 +104,11 @@ class RingCache:
             raise ValueError(f"block of {length} tokens does not tile a ring of {self.capacity}")
         slot = start % self.capacity
         return slot, (self.capacity if start >= self.capacity else start + length)
+
+    def layer(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer i's (k, v) ring, [batch, capacity, heads, head_dim] views. Under autograd, fresh
+        views: writing into one of unbind's shared views is refused there."""
+        return self._layers[i] if not torch.is_grad_enabled() else (self.k[i], self.v[i])
 
     def fp32_tables(self, rope: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """`rope` as fp32 tables, converted once per table object: the caller builds one pair per

@@ -50,7 +50,7 @@ class Block(nn.Module):
         B, L, C = x.shape
         Fr = e.shape[1]
         m = self.modulation.float().unsqueeze(0) + e  # [B, F, 6, C] fp32
-        shift1, scale1, gate1, shift2, scale2, gate2 = (m[:, :, i].unsqueeze(2) for i in range(6))
+        shift1, scale1, gate1, shift2, scale2, gate2 = m.unsqueeze(3).unbind(2)  # each [B, F, 1, C]
 
         def per_frame(t: torch.Tensor) -> torch.Tensor:
             return t.reshape(B, Fr, L // Fr, C)

@@ -13,6 +13,8 @@ are identical to the published table inside its range, and nothing overflows out
 """
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import numpy as np
 import torch
 
@@ -26,8 +28,31 @@ def _inv_freq(real_dim: int) -> torch.Tensor:
     return 1.0 / torch.pow(THETA, torch.arange(0, real_dim, 2).to(torch.float64).div(real_dim))
 
 
+_TABLES: "OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]]" = OrderedDict()
+_TABLES_MAX = 64  # a stream revisits few position sets: 4 steps share a block's, sink offsets repeat
+
+
 def rope_cos_sin(positions: torch.Tensor, cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """positions: int64 [N, 3] -> (cos, sin): float64 [N, head_dim/2], fp32-rounded values."""
+    """positions: int64 [N, 3] -> (cos, sin): float64 [N, head_dim/2], fp32-rounded values.
+
+    Memoised per (positions, rope split) in a small LRU: every denoising step of a block asks
+    for the same noisy-token positions, and the conditioning positions repeat with the sink
+    offset, so the float64 outer products / cat / cos / sin run once per distinct set. The
+    returned tables are shared: treat them as read-only."""
+    if positions.device.type != "cpu" or positions.dtype != torch.int64:
+        return _compute(positions, cfg)
+    key = (positions.numpy().tobytes(), tuple(positions.shape), cfg.rope_split)
+    hit = _TABLES.get(key)
+    if hit is not None:
+        _TABLES.move_to_end(key)
+        return hit
+    hit = _TABLES[key] = _compute(positions, cfg)
+    if len(_TABLES) > _TABLES_MAX:
+        _TABLES.popitem(last=False)
+    return hit
+
+
+def _compute(positions: torch.Tensor, cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
     parts = []
     for axis, real_dim in enumerate(cfg.rope_split):
         parts.append(torch.outer(positions[:, axis].to(torch.float64), _inv_freq(real_dim)))

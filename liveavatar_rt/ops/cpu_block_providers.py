@@ -41,6 +41,8 @@ def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torc
     F = g.shape[1]
     if F == 0 or L % F or (nd == 4 and F not in (1, x.shape[1])):
         return _gated_residual_ref(x, y, gate)
+    if nd == 3:
+        return torch.ops.liveavatar_rt.gated_residual.default(x, y, g)
     out = torch.ops.liveavatar_rt.gated_residual.default(x.reshape(B, L, C), y.reshape(B, L, C), g)
     return out.view(x.shape)
 
@@ -74,9 +76,23 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     ):
         return _attention_ref(q, k, v)
     B, _, H, D = q.shape
-    empty = k.new_empty(B, 0, H, D)
-    table = torch.empty(0, D // 2)
+    empty, table = _no_cond(B, H, D, q.dtype)
     return torch.ops.liveavatar_rt.rolling_attention.default(q, k, v, k.shape[1], empty, empty, table, table)
+
+
+_NO_COND: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _no_cond(B: int, H: int, D: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Empty conditioning keys [B, 0, H, D] and tables [0, D/2], made once per form (they hold
+    no data, so sharing them is safe)."""
+    key = (B, H, D, dtype)
+    hit = _NO_COND.get(key)
+    if hit is None:
+        if len(_NO_COND) > 64:
+            _NO_COND.clear()
+        hit = _NO_COND[key] = (torch.empty(B, 0, H, D, dtype=dtype), torch.empty(0, D // 2))
+    return hit
 
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:

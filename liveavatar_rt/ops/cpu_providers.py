@@ -57,7 +57,8 @@ def _frames(t: torch.Tensor, nd: int, B: int, C: int) -> Optional[torch.Tensor]:
     None. For nd == 4 the reference form is per frame, [B|1, F|1, 1, C] against [B, F, S, C]."""
     if t.dtype != torch.float32 or t.device.type != "cpu" or not 1 <= t.dim() <= nd or t.shape[-1] != C:
         return None
-    t = t.reshape((1,) * (nd - t.dim()) + tuple(t.shape))
+    if t.dim() != nd:  # each view op is a dispatcher round trip: only those needed
+        t = t.reshape((1,) * (nd - t.dim()) + tuple(t.shape))
     if nd == 4:
         if t.shape[2] != 1:
             return None
@@ -89,8 +90,9 @@ def modulate(x_norm: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, out
     if F == 0 or L % F or not frames_ok:
         return _modulate_ref(x_norm, shift, scale, out_dtype)
     Bs = max(sh.shape[0], sc.shape[0])
-    sh, sc = sh.expand(Bs, F, C), sc.expand(Bs, F, C)
-    x3 = x_norm.reshape(B, L, C)
+    if sh.shape != sc.shape:
+        sh, sc = sh.expand(Bs, F, C), sc.expand(Bs, F, C)
+    x3 = x_norm if nd == 3 else x_norm.reshape(B, L, C)
     out = torch.ops.liveavatar_rt.modulate.default(x3, sh, sc, out_dtype)
     return out.view(x_norm.shape)
 
