@@ -45,7 +45,7 @@ EXT_SOURCES := $(shell find csrc -path csrc/tests -prune -o \( -name '*.cpp' -o 
 CMAKE_BUILD_DIR := build/cmake
 NVCC ?= $(shell command -v nvcc 2>/dev/null || { test -x /usr/local/cuda/bin/nvcc && echo /usr/local/cuda/bin/nvcc; })
 
-.PHONY: venv build test ctest nvcc-check demo bench clean distclean
+.PHONY: venv build test ctest nvcc-check demo bench train-tiny clean distclean
 
 venv: $(VENV_STAMP)
 
@@ -86,6 +86,20 @@ demo: venv build
 	mkdir -p out
 	$(VENV)/bin/liveavatar-rt generate --model tiny --image assets/example/portrait.png \
 		--audio assets/example/speech.wav --out out/demo.mp4
+
+# The bundled tiny model, end to end (recipes/tiny/README.md): data, VAE, teacher, ODE
+# trajectories, causal student, self-forcing DMD, export. Each stage resumes where it stopped.
+RUN ?= runs/tiny
+train-tiny: venv
+	nice -n 10 $(PY) -m recipes.tiny.generate --out data/tiny --clips 3000 --seconds 4 --size 128 --workers 2 --seed 0
+	$(PY) -m recipes.tiny.train.vae --data data/tiny --run $(RUN)
+	$(PY) -m recipes.tiny.train.prep --data data/tiny --run $(RUN)
+	$(PY) -m recipes.tiny.train.teacher --run $(RUN)
+	$(PY) -m recipes.tiny.train.decoder --data data/tiny --run $(RUN)
+	$(PY) -m recipes.tiny.train.ode --run $(RUN)
+	$(PY) -m recipes.tiny.train.student --run $(RUN)
+	$(PY) -m recipes.tiny.train.dmd --run $(RUN)
+	$(PY) -m recipes.tiny.train.export --run $(RUN)
 
 bench: venv build
 	$(PY) -m pytest bench --benchmark-only

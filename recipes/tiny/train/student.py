@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     bar.close()
     save_ckpt(out / "ckpt.pt", step, model, opt)
     log.plot()
-    print(f"student: {step} steps, last loss {loss.item():.4f}")
+    print(f"student: {step} steps -> {out / 'ckpt.pt'}")
 
 
 if __name__ == "__main__":
