@@ -40,24 +40,18 @@ class QKVAttention(nn.Module):
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.unflatten(-1, (self.num_heads, self.head_dim))
 
-    def _project(self, x: torch.Tensor, *names: str) -> tuple[torch.Tensor, ...]:
-        """x: [B, L, C] -> the named projections [B, L, C] (compute dtype), as one ops.fused_linear
-        call (a provider may run them as one GEMM; the reference runs each Linear)."""
-        mods = [getattr(self, n) for n in names]
-        return self.ops.fused_linear(x, [m.weight for m in mods], [m.bias for m in mods], self.ops.dtype)
-
     def project_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """context: [B, Lk, C] -> k (RMS-normed), v: [B, Lk, H, D] in the compute dtype."""
-        k, v = self._project(context, "k", "v")
-        return self._heads(self.norm_k(k)), self._heads(v)
+        k = self._heads(self.norm_k(self.k(context)))
+        v = self._heads(self.v(context))
+        return k, v
 
 
 class SelfAttention(QKVAttention):
     def forward(self, x: torch.Tensor, attend: AttendFn | FusedAttend) -> torch.Tensor:
         """x: [B, L, C] -> [B, L, C]. `attend` applies RoPE, reads/writes the caches and returns
         [B, L, H, D]; see the module docstring for its two forms."""
-        q, k, v = self._project(x, "q", "k", "v")
-        v = self._heads(v)
+        q, k, v = self.q(x), self.k(x), self._heads(self.v(x))
         raw = getattr(attend, "raw", None)
         if raw is not None:
             out = raw(q, k, v, self.norm_q.weight, self.norm_k.weight, self.norm_q.eps, self.num_heads)

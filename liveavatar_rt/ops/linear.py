@@ -42,52 +42,6 @@ def _native_supports(device: torch.device, dtype: torch.dtype):
 OPS["linear"].register("native", _native_linear, priority=5, supports=_native_supports)
 
 
-@define("fused_linear")
-def fused_linear(x: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor | None],
-                 dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-    """Several linears of one input (self-attention's q, k, v): x [..., in], weights[i]
-    [out_i, in], biases[i] [out_i] or None -> one [..., out_i] per weight, in `dtype`; each is
-    exactly `linear(x, weights[i], biases[i], dtype)`."""
-    return tuple(linear(x, w, b, dtype) for w, b in zip(weights, biases))
-
-
-# ---- provider `native`: one GEMM against the concatenated weights --------------------------
-# At the tiny preset's sizes a [192, 128] x [128, 384] GEMM costs ~0.7x three [128, 128] ones
-# (per-call cost of oneDNN). The concatenation is made once and kept while the weights are the
-# same tensors at the same version (an in-place update, e.g. an optimizer step, rebuilds it).
-# Under autograd with weights that need gradients it would cut them off: separate GEMMs then.
-_CONCAT: dict[tuple, tuple[list, torch.Tensor, torch.Tensor | None]] = {}
-
-
-def _concat_key(weights, biases, dtype) -> tuple:
-    ts = [t for t in (*weights, *biases) if t is not None]
-    return (dtype, len(weights), tuple(b is None for b in biases), tuple((id(t), t._version) for t in ts))
-
-
-def _concatenated(weights, biases, dtype):
-    key = _concat_key(weights, biases, dtype)
-    hit = _CONCAT.get(key)
-    if hit is None:
-        if len(_CONCAT) >= 256:
-            _CONCAT.clear()
-        w = torch.cat([_cast(t, dtype) for t in weights])
-        b = None if all(t is None for t in biases) else torch.cat(
-            [_cast(t, dtype) if t is not None else w.new_zeros(wt.shape[0]) for t, wt in zip(biases, weights)])
-        hit = _CONCAT[key] = ([*weights, *biases], w, b)  # holding the sources keeps their ids unique
-    return hit[1], hit[2]
-
-
-def _native_fused_linear(x, weights, biases, dtype):
-    if len(weights) < 2 or (torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (*weights, *biases))):
-        return tuple(_native_linear(x, w, b, dtype) for w, b in zip(weights, biases))
-    w, b = _concatenated(weights, biases, dtype)
-    return F.linear(_cast(x, dtype), w, b).split([t.shape[0] for t in weights], dim=-1)
-
-
-OPS["fused_linear"].register("native", _native_fused_linear, priority=5, supports=_native_supports)
-
-
 def patch_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype, ops) -> torch.Tensor:
     """Conv3d whose kernel equals its stride, as reshape + matmul.
 
