@@ -6,7 +6,8 @@
 Ops x shapes x dtypes (fp32 and the working dtype bf16) x providers (`ref` plus every provider
 whose `supports` accepts this machine; the others are skipped with their refusal reason).
 Shapes: the tiny preset and a 14B block scaled to fit (H=40, D=128, S = 1056/8 = 132 tokens per
-latent frame, a block of 3 frames, a ring of 4 blocks, Lc = 2.5 S). Each test first checks the
+latent frame, a block of 3 frames, a ring of 4 blocks, Lc = 2.5 S); the block's small ops
+(gated_residual, layer_norm, gelu_tanh, attention) at the tiny block and a 14B row width. Each test first checks the
 provider against the reference (tests/tolerances.py's rule), then times it. extra_info holds
 time_ms (min over rounds: the least disturbed run on a shared machine), GFLOP/s (attention,
 4 B H Lq Lk D) or GB/s (qk_norm_rope: q, k read, 3 outputs written) and speedup_vs_ref (ratio of
@@ -124,6 +125,41 @@ def test_qk_norm_rope(benchmark, shape, dtype, provider):
     args = _qk_inputs(B, L, H, D, dtype)
     nbytes = 5 * B * L * H * D * args[0].element_size()
     _run(benchmark, "qk_norm_rope", shape, dtype, provider, args, nbytes, "GB/s", 30 if shape == "tiny" else 10)
+
+
+# The block's small ops at the tiny preset's shapes (one [192, 128] block of 3 frames; the
+# FFN's [192, 256]; cross-attention over 16 text tokens) and a 14B-like row width.
+BLOCK_SHAPES = {"tiny": (1, 3, 64, 128), "14b_rows": (1, 3, 44, 5120)}
+
+
+def _block_inputs(op, shape, dtype):
+    g = torch.Generator().manual_seed(0)
+    B, F, S, C = shape
+
+    def rnd(*s):
+        return torch.randn(*s, generator=g).to(DEVICE)
+
+    if op == "gated_residual":
+        return (rnd(B, F, S, C), rnd(B, F, S, C).to(dtype), rnd(B, F, 1, C)), 3 * B * F * S * C * 4
+    if op == "layer_norm":
+        x = rnd(B, F * S, C).to(dtype)
+        return (x, None, None, 1e-6), B * F * S * C * (x.element_size() + 4)
+    if op == "gelu_tanh":
+        x = rnd(B, F * S, 2 * C).to(dtype)
+        return (x,), 2 * x.numel() * x.element_size()
+    H = 2 if C == 128 else 40  # attention: cross-attention of the block's queries over 16 keys
+    q, k, v = (rnd(B, n, H, C // H).to(dtype) for n in (F * S, 16, 16))
+    return (q, k, v), 4 * B * H * F * S * 16 * (C // H)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", BLOCK_SHAPES)
+@pytest.mark.parametrize("op", ["gated_residual", "layer_norm", "gelu_tanh", "attention"])
+def test_block_ops(benchmark, op, shape, dtype, provider):
+    args, work = _block_inputs(op, BLOCK_SHAPES[shape], dtype)
+    unit = "GFLOP/s" if op == "attention" else "GB/s"
+    _run(benchmark, op, shape, dtype, provider, args, work, unit, 50 if shape == "tiny" else 10)
 
 
 @pytest.fixture(scope="module", autouse=True)

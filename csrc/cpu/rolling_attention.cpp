@@ -115,7 +115,6 @@ void run_tasks(const RaArgs& a, const RaKernels& kern, int64_t t0, int64_t t1) {
   auto* vpairs = reinterpret_cast<uint32_t*>(vbuf.get());
   auto* ppairs = reinterpret_cast<uint32_t*>(pbuf.get());
   const void* krows[kTK + kKR];
-  const float* vrows[kTK];
   for (int64_t task = t0; task < t1; ++task) {
     const int64_t qi = task % a.n_qt, h = (task / a.n_qt) % a.H, b = task / a.n_qt / a.H;
     const int64_t i0 = qi * a.TQ, rows = std::min(a.TQ, a.Lq - i0), rows_p = (rows + kMR - 1) / kMR * kMR;
@@ -166,7 +165,6 @@ void run_tasks(const RaArgs& a, const RaKernels& kern, int64_t t0, int64_t t1) {
         } else {
           std::memcpy(vf, v, D * sizeof(float));
         }
-        vrows[j] = vf;
       }
       for (int64_t j = nk; j < kTK + kKR; ++j) krows[j] = krows[nk - 1];  // whole kKR groups; unused
       kern.qk(qt.get(), krows, st.get(), nk, TQp, D);
@@ -175,7 +173,7 @@ void run_tasks(const RaArgs& a, const RaKernels& kern, int64_t t0, int64_t t1) {
         pack_p_pairs(st.get(), ppairs, nk, TQp);
         kern.pv_pairs(ppairs, vpairs, o.get(), rows_p, (nk + 1) / 2, TQp, D, Dp);
       } else {
-        kern.pv(st.get(), vrows, o.get(), rows_p, nk, TQp, D, Dp);
+        kern.pv(st.get(), vbuf.get(), o.get(), rows_p, nk, TQp, D, Dp);
       }
     }
     for (int64_t r = 0; r < rows; ++r) {

@@ -62,12 +62,14 @@ void softmax_portable(float* ST, float* m, float* l, float* O, int64_t rows, int
   rescale_rows(O, alpha, rows, Dp);
 }
 
-void pv_portable(const float* PT, const float* const* vrows, float* O, int64_t rows_p, int64_t nk, int64_t TQp,
-                 int64_t D, int64_t Dp) {
+void pv_portable(const void* P, const void* V, float* O, int64_t rows_p, int64_t nk, int64_t TQp, int64_t D,
+                 int64_t Dp) {
+  const auto* PT = static_cast<const float*>(P);
+  const auto* VR = static_cast<const float*>(V);
   for (int64_t j = 0; j < nk; ++j) {
     for (int64_t r = 0; r < rows_p; ++r) {
       const float p = PT[j * TQp + r];
-      for (int64_t d = 0; d < D; ++d) O[r * Dp + d] += p * vrows[j][d];
+      for (int64_t d = 0; d < D; ++d) O[r * Dp + d] += p * VR[j * Dp + d];
     }
   }
 }
@@ -176,72 +178,35 @@ RA_AVX512 void softmax_avx512(float* ST, float* m, float* l, float* O, int64_t r
   rescale_rows(O, alpha, rows, Dp);
 }
 
-// kMR query rows x NV vectors of O in registers; per key one value row chunk, kMR broadcasts.
-template <int NV>
-RA_AVX512 inline void pv_tile(const float* PT, const float* const* vrows, float* O, int64_t r0, int64_t c0,
-                              int64_t nk, int64_t TQp, int64_t Dp, __mmask16 last) {
+// kMR query rows x NV vectors of O in registers; per step one value row chunk and kMR
+// broadcasts of P. A step is one key (fp32 P and V: FMA) or, with PAIRS, two consecutive keys as
+// bf16 pairs (vdpbf16ps adds both exact products in fp32); the rows are 32-bit either way.
+template <int NV, bool PAIRS>
+RA_AVX512BF16 inline void pv_tile(const uint32_t* P, const uint32_t* V, float* O, int64_t r0, int64_t c0,
+                                  int64_t steps, int64_t TQp, int64_t Dp, __mmask16 last) {
   __m512 acc[kMR][NV];
 #pragma GCC unroll 16
   for (int64_t i = 0; i < kMR; ++i)
 #pragma GCC unroll 16
     for (int c = 0; c < NV; ++c) acc[i][c] = _mm512_loadu_ps(O + (r0 + i) * Dp + c0 + 16 * c);
-  for (int64_t j = 0; j < nk; ++j) {
-    __m512 v[NV];
-#pragma GCC unroll 16
-    for (int c = 0; c < NV; ++c) {
-      const __mmask16 live = c == NV - 1 ? last : __mmask16(0xFFFF);
-      v[c] = _mm512_maskz_loadu_ps(live, vrows[j] + c0 + 16 * c);
-    }
-#pragma GCC unroll 16
-    for (int64_t i = 0; i < kMR; ++i) {
-      const __m512 p = _mm512_set1_ps(PT[j * TQp + r0 + i]);
-#pragma GCC unroll 16
-      for (int c = 0; c < NV; ++c) acc[i][c] = _mm512_fmadd_ps(p, v[c], acc[i][c]);
-    }
-  }
-#pragma GCC unroll 16
-  for (int64_t i = 0; i < kMR; ++i)
-#pragma GCC unroll 16
-    for (int c = 0; c < NV; ++c) _mm512_storeu_ps(O + (r0 + i) * Dp + c0 + 16 * c, acc[i][c]);
-}
-
-RA_AVX512 void pv_avx512(const float* PT, const float* const* vrows, float* O, int64_t rows_p, int64_t nk,
-                         int64_t TQp, int64_t D, int64_t Dp) {
-  for (int64_t c0 = 0; c0 < D; c0 += 64) {
-    const int64_t nv = std::min<int64_t>(4, (D - c0 + 15) / 16), tail = (D - c0) - 16 * (nv - 1);
-    const __mmask16 last = tail >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << tail) - 1u);
-    for (int64_t r0 = 0; r0 < rows_p; r0 += kMR) {
-      switch (nv) {
-        case 1: pv_tile<1>(PT, vrows, O, r0, c0, nk, TQp, Dp, last); break;
-        case 2: pv_tile<2>(PT, vrows, O, r0, c0, nk, TQp, Dp, last); break;
-        case 3: pv_tile<3>(PT, vrows, O, r0, c0, nk, TQp, Dp, last); break;
-        default: pv_tile<4>(PT, vrows, O, r0, c0, nk, TQp, Dp, last); break;
-      }
-    }
-  }
-}
-// kMR query rows x NV vectors of O; per key pair one VP row chunk and kMR P-pair broadcasts,
-// each vdpbf16ps adding both keys' exact bf16 products in fp32.
-template <int NV>
-RA_AVX512BF16 inline void pv_pairs_tile(const uint32_t* PP, const uint32_t* VP, float* O, int64_t r0, int64_t c0,
-                                        int64_t np, int64_t TQp, int64_t Dp, __mmask16 last) {
-  __m512 acc[kMR][NV];
-#pragma GCC unroll 16
-  for (int64_t i = 0; i < kMR; ++i)
-#pragma GCC unroll 16
-    for (int c = 0; c < NV; ++c) acc[i][c] = _mm512_loadu_ps(O + (r0 + i) * Dp + c0 + 16 * c);
-  for (int64_t j = 0; j < np; ++j) {
+  for (int64_t j = 0; j < steps; ++j) {
     __m512i v[NV];
 #pragma GCC unroll 16
     for (int c = 0; c < NV; ++c) {
       const __mmask16 live = c == NV - 1 ? last : __mmask16(0xFFFF);
-      v[c] = _mm512_maskz_loadu_epi32(live, VP + j * Dp + c0 + 16 * c);
+      v[c] = _mm512_maskz_loadu_epi32(live, V + j * Dp + c0 + 16 * c);
     }
 #pragma GCC unroll 16
     for (int64_t i = 0; i < kMR; ++i) {
-      const __m512i p = _mm512_set1_epi32(static_cast<int>(PP[j * TQp + r0 + i]));
+      const __m512i p = _mm512_set1_epi32(static_cast<int>(P[j * TQp + r0 + i]));
 #pragma GCC unroll 16
-      for (int c = 0; c < NV; ++c) acc[i][c] = _mm512_dpbf16_ps(acc[i][c], (__m512bh)p, (__m512bh)v[c]);
+      for (int c = 0; c < NV; ++c) {
+        if constexpr (PAIRS) {
+          acc[i][c] = _mm512_dpbf16_ps(acc[i][c], (__m512bh)p, (__m512bh)v[c]);
+        } else {
+          acc[i][c] = _mm512_fmadd_ps(_mm512_castsi512_ps(p), _mm512_castsi512_ps(v[c]), acc[i][c]);
+        }
+      }
     }
   }
 #pragma GCC unroll 16
@@ -250,20 +215,34 @@ RA_AVX512BF16 inline void pv_pairs_tile(const uint32_t* PP, const uint32_t* VP, 
     for (int c = 0; c < NV; ++c) _mm512_storeu_ps(O + (r0 + i) * Dp + c0 + 16 * c, acc[i][c]);
 }
 
-RA_AVX512BF16 void pv_pairs_avx512_bf16(const uint32_t* PP, const uint32_t* VP, float* O, int64_t rows_p,
-                                        int64_t np, int64_t TQp, int64_t D, int64_t Dp) {
+template <bool PAIRS>
+RA_AVX512BF16 inline void pv_blocks(const void* P, const void* V, float* O, int64_t rows_p, int64_t steps,
+                                    int64_t TQp, int64_t D, int64_t Dp) {
+  const auto* PT = static_cast<const uint32_t*>(P);
+  const auto* VR = static_cast<const uint32_t*>(V);
   for (int64_t c0 = 0; c0 < D; c0 += 64) {
     const int64_t nv = std::min<int64_t>(4, (D - c0 + 15) / 16), tail = (D - c0) - 16 * (nv - 1);
     const __mmask16 last = tail >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << tail) - 1u);
     for (int64_t r0 = 0; r0 < rows_p; r0 += kMR) {
       switch (nv) {
-        case 1: pv_pairs_tile<1>(PP, VP, O, r0, c0, np, TQp, Dp, last); break;
-        case 2: pv_pairs_tile<2>(PP, VP, O, r0, c0, np, TQp, Dp, last); break;
-        case 3: pv_pairs_tile<3>(PP, VP, O, r0, c0, np, TQp, Dp, last); break;
-        default: pv_pairs_tile<4>(PP, VP, O, r0, c0, np, TQp, Dp, last); break;
+        case 1: pv_tile<1, PAIRS>(PT, VR, O, r0, c0, steps, TQp, Dp, last); break;
+        case 2: pv_tile<2, PAIRS>(PT, VR, O, r0, c0, steps, TQp, Dp, last); break;
+        case 3: pv_tile<3, PAIRS>(PT, VR, O, r0, c0, steps, TQp, Dp, last); break;
+        default: pv_tile<4, PAIRS>(PT, VR, O, r0, c0, steps, TQp, Dp, last); break;
       }
     }
   }
+}
+
+// The fp32 instantiation emits no BF16 instruction (as qk_avx512_f32_impl).
+RA_AVX512BF16 void pv_avx512(const void* P, const void* V, float* O, int64_t rows_p, int64_t nk, int64_t TQp,
+                             int64_t D, int64_t Dp) {
+  pv_blocks<false>(P, V, O, rows_p, nk, TQp, D, Dp);
+}
+
+RA_AVX512BF16 void pv_pairs_avx512_bf16(const void* P, const void* V, float* O, int64_t rows_p, int64_t np,
+                                        int64_t TQp, int64_t D, int64_t Dp) {
+  pv_blocks<true>(P, V, O, rows_p, np, TQp, D, Dp);
 }
 #pragma GCC diagnostic pop
 #endif  // LIVEAVATAR_RT_RA_AVX512

@@ -17,20 +17,20 @@ enum Isa : int { kIsaPortable = 0, kIsaAvx512 = 1, kIsaAvx512Bf16 = 2 };
 // One key block's kernels. qk: ST[j][r] = k_j . q_r for j < nk (key rows in the kernel's
 // format: fp32, or bf16 for `bf16_keys`; QT [D][TQp] fp32, or [D/2][TQp] bf16 pairs).
 // softmax: ST -> P in place, running max m / sum l per query, O rows rescaled.
-// pv: O[r][0:D] += sum_j P[j][r] v_j (fp32 value rows) for r < rows_p.
+// pv: O[r][0:D] += sum_j P[j][r] V[j] for r < rows_p, j < steps; P [steps][TQp] and V
+// [steps][Dp] hold 32-bit elements: fp32 (a step is a key) or, for pv_pairs, bf16 pairs of
+// consecutive keys (low half = even key; see pack_p_pairs): P is then rounded to bf16 as flash
+// attention does on GPU (the published run's attention); V already is bf16. pv_pairs is
+// nullptr where the CPU has no AVX512-BF16.
 struct RaKernels {
   bool bf16_keys;
   void (*qk)(const float* QT, const void* const* krows, float* ST, int64_t nk, int64_t TQp, int64_t D);
   void (*softmax)(float* ST, float* m, float* l, float* O, int64_t rows, int64_t nk, int64_t TQp, int64_t Dp,
                   float scale);
-  void (*pv)(const float* PT, const float* const* vrows, float* O, int64_t rows_p, int64_t nk, int64_t TQp,
-             int64_t D, int64_t Dp);
-  // bf16 dot-product form of pv (nullptr where the CPU has no AVX512-BF16), for bf16 inputs:
-  // P and V as bf16 pairs of consecutive keys, PP [np][TQp] and VP [np][Dp] (low half = even
-  // key; see pack_p_pairs), O[r][0:D] += sum_jp PP[jp][r] . VP[jp]. P is rounded to bf16 as
-  // flash attention does on GPU (the published run's attention); V already is bf16.
-  void (*pv_pairs)(const uint32_t* PP, const uint32_t* VP, float* O, int64_t rows_p, int64_t np, int64_t TQp,
-                   int64_t D, int64_t Dp);
+  using Pv = void (*)(const void* P, const void* V, float* O, int64_t rows_p, int64_t steps, int64_t TQp, int64_t D,
+                      int64_t Dp);
+  Pv pv;
+  Pv pv_pairs;
 };
 
 // P (fp32 [nk][TQp], after softmax) as bf16 pairs of keys: PP [ceil(nk / 2)][TQp], an odd last

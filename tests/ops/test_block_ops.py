@@ -9,27 +9,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from liveavatar_rt import _ext
 from liveavatar_rt.ops import OpTable, cpu_block_providers as prov
 from liveavatar_rt.ops.activation import gelu_tanh as gelu_ref
 from liveavatar_rt.ops.attention import attention as attention_ref
 from liveavatar_rt.ops.cpu_providers import rolling_attention_supports
 from liveavatar_rt.ops.modulate import gated_residual as gated_ref
 from liveavatar_rt.ops.norm import layer_norm as layer_norm_ref
+from tests.ops.conftest import seeded_randn
 from tests.tolerances import assert_provider_close
 
 DTYPES = [torch.float32, torch.bfloat16]
 
 
-@pytest.fixture(scope="module")
-def ops():
-    if not _ext.available():
-        pytest.skip(f"liveavatar_rt._C not available: {_ext.load_error()}")
-    return torch.ops.liveavatar_rt
-
-
-def _randn(*shape, seed=0, scale=3.0):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * scale
+_randn = seeded_randn  # short local name
 
 
 # ---------------------------------------------------------------- gated_residual

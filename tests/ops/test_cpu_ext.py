@@ -22,21 +22,14 @@ from liveavatar_rt.ops import OPS, OpTable
 from liveavatar_rt.ops import cpu_providers
 from liveavatar_rt.ops.modulate import modulate as modulate_ref
 from liveavatar_rt.ops.norm import rms_norm as rms_norm_ref
+from tests.ops.conftest import seeded_randn
 
 ROOT = Path(__file__).resolve().parents[2]
 DTYPES = [torch.float32, torch.bfloat16]
 EPS = 1e-6
 
 
-@pytest.fixture(scope="module")
-def ops():
-    if not _ext.available():
-        pytest.skip(f"liveavatar_rt._C not available: {_ext.load_error()}")
-    return torch.ops.liveavatar_rt
-
-
-def _randn(*shape, seed=0, scale=3.0):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * scale
+_randn = seeded_randn  # short local name
 
 
 def _assert_equal(out, ref, what):
