@@ -90,15 +90,15 @@ void bf16_to_float(const c10::BFloat16* src, float* dst, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dst[i] = load_float(src, i);
 }
 
-// One bf16 value row into its half (`odd`: high) of a key-pair row of 32-bit pairs; `last`: an
-// unpaired last key, whose partner half is zeroed.
-template <typename T>
-inline void interleave_value_row(const T* v, uint32_t* pair_row, int64_t odd, int64_t D, bool last) {
-  const auto* bits = reinterpret_cast<const uint16_t*>(v);
-  auto* halves = reinterpret_cast<uint16_t*>(pair_row);
-  for (int64_t d = 0; d < D; ++d) halves[2 * d + odd] = bits[d];
-  if (last)
-    for (int64_t d = 0; d < D; ++d) halves[2 * d + 1] = 0;
+// Two bf16 value rows (keys 2i, 2i+1; `hi` null for an unpaired last key, paired with 0) as
+// one row of 32-bit pairs, low half = even key (cloned per ISA so it vectorises).
+LIVEAVATAR_RT_ISA_CLONES
+void interleave_value_rows(const uint16_t* lo, const uint16_t* hi, uint32_t* pair_row, int64_t D) {
+  if (hi == nullptr) {
+    for (int64_t d = 0; d < D; ++d) pair_row[d] = lo[d];
+    return;
+  }
+  for (int64_t d = 0; d < D; ++d) pair_row[d] = uint32_t(lo[d]) | uint32_t(hi[d]) << 16;
 }
 
 template <typename T>
@@ -113,6 +113,7 @@ void run_tasks(const RaArgs& a, const RaKernels& kern, int64_t t0, int64_t t1) {
   Scratch qt(Dp * TQp), st(kTK * TQp), o(TQp * Dp), m(TQp), l(TQp), kbuf(kTK * Dp), vbuf(kTK * Dp),
       pbuf(pv_pairs ? kTK / 2 * TQp : 1);
   auto* vpairs = reinterpret_cast<uint32_t*>(vbuf.get());
+  const uint16_t* vsrc[kTK];  // value rows of the key block (bf16 bits), paired two by two
   auto* ppairs = reinterpret_cast<uint32_t*>(pbuf.get());
   const void* krows[kTK + kKR];
   for (int64_t task = t0; task < t1; ++task) {
@@ -159,7 +160,9 @@ void run_tasks(const RaArgs& a, const RaKernels& kern, int64_t t0, int64_t t1) {
         const T* v = g < a.valid ? a.rv.row<T>(b, g, h) : a.cv.row<T>(b, g - a.valid, h);
         float* vf = vbuf.get() + j * Dp;
         if (pv_pairs) {
-          interleave_value_row(v, vpairs + (j / 2) * Dp, j % 2, D, j + 1 == nk && j % 2 == 0);
+          vsrc[j] = reinterpret_cast<const uint16_t*>(v);
+          if (j % 2 == 1) interleave_value_rows(vsrc[j - 1], vsrc[j], vpairs + (j / 2) * Dp, D);
+          if (j % 2 == 0 && j + 1 == nk) interleave_value_rows(vsrc[j], nullptr, vpairs + (j / 2) * Dp, D);
         } else if constexpr (kBf16) {
           bf16_to_float(v, vf, D);
         } else {
