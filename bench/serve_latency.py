@@ -11,7 +11,8 @@ the tiny preset):
             lag = segment arrival - the moment its block's audio had been fully sent (stays flat
             when the server keeps up; grows when it does not).
   fast      all audio at once: throughput FPS = what the server could sustain (the headroom).
-Prints one line per run plus the machine load (timings are noisy on a shared machine).
+Prints one line per run plus the machine load (timings are noisy on a shared machine) and,
+for a server it started, the server's CPU time per frame (a figure other load hardly moves).
 """
 from __future__ import annotations
 
@@ -63,6 +64,17 @@ def start_server(model: str, tpp: str | None, threads: int | None) -> tuple[subp
             time.sleep(0.2)
     proc.kill()
     raise SystemExit("the server did not come up within 180 s")
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """user + system CPU time of a process (all its threads), from /proc; None if unknown."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def wait_idle(ws_url: str, timeout: float = 30.0) -> None:
@@ -136,8 +148,14 @@ def main() -> None:
         load0 = os.getloadavg()
         for mode in args.modes.split(","):
             wait_idle(url)
+            cpu0 = cpu_seconds(proc.pid if proc else None)
             r = run(url, image, pcm, rate, mode == "realtime", args.token)
+            cpu1 = cpu_seconds(proc.pid if proc else None)
             r["load_1min"] = round(os.getloadavg()[0], 2)
+            if cpu0 is not None and cpu1 is not None:
+                # CPU time the server spent per frame: unlike wall time it hardly depends on what
+                # else runs on the machine (except cache/SMT effects and OpenMP spinning)
+                r["server_cpu_ms_per_frame"] = round(1000 * (cpu1 - cpu0) / r["frames"], 2)
             results.append(r)
             print(json.dumps(r))
     finally:
@@ -148,7 +166,8 @@ def main() -> None:
     for r in results:
         print(f"{r['mode']:8s} TTFF {r['ttff_s']:.2f} s (server {r['server_ttff_s']} s)  sustained {r['sustained_fps']:.1f} fps"
               f"  lag {r['lag_first_quarter_s']:.2f} -> {r['lag_last_quarter_s']:.2f} s (max {r['lag_max_s']:.2f})"
-              f"  dropped {r['dropped']} late {r['late']}  setup {r['setup_s']} s")
+              f"  dropped {r['dropped']} late {r['late']}  setup {r['setup_s']} s"
+              + (f"  server CPU {r['server_cpu_ms_per_frame']} ms/frame" if "server_cpu_ms_per_frame" in r else ""))
     if args.json:
         Path(args.json).write_text(json.dumps({"load_before": load0, "runs": results}, indent=1))
 
