@@ -23,13 +23,15 @@ TORCH_LIBRARY(liveavatar_rt, m) {
   // adaLN modulation fused in one pass, as liveavatar_rt/ops/modulate.py::modulate:
   // out = out_dtype(fp32(x_norm) * (1 + scale) + shift), with x_norm: [B, L, C] fp32|bf16 and
   // shift, scale: fp32 [B|1, F, C] applied per frame of S = L / F consecutive tokens (F == L:
-  // per token, F == 1: per sample); out_dtype fp32|bf16 -> [B, L, C].
+  // per token, F == 1: per sample); out_dtype fp32|bf16 -> [B, L, C]. Also the block's per-frame
+  // form: x_norm [B, F, S, C] with shift, scale [B|1, F|1, 1, C] -> [B, F, S, C].
   m.def("modulate(Tensor x_norm, Tensor shift, Tensor scale, ScalarType out_dtype) -> Tensor");
   // Out-variant of modulate: writes into `out` (contiguous [B, L, C]); out's dtype is out_dtype.
   m.def("modulate_out(Tensor! out, Tensor x_norm, Tensor shift, Tensor scale) -> ()");
   // The block's fp32 residual update, as liveavatar_rt/ops/modulate.py::gated_residual:
   // out = fp32(x) + fp32(y) * gate, with x, y: [B, L, C] fp32|bf16 and gate: fp32 [B|1, F, C]
-  // per frame of S = L / F tokens (as modulate's shift) -> fp32 [B, L, C] (contiguous).
+  // per frame of S = L / F tokens (as modulate's shift) -> fp32 [B, L, C] (contiguous); or the
+  // per-frame form x, y [B, F, S, C] with gate [B|1, F|1, 1, C] -> fp32 [B, F, S, C].
   m.def("gated_residual(Tensor x, Tensor y, Tensor gate) -> Tensor");
   // Out-variant of gated_residual: writes into `out` (contiguous fp32 [B, L, C]).
   m.def("gated_residual_out(Tensor! out, Tensor x, Tensor y, Tensor gate) -> ()");

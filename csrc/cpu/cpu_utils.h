@@ -114,4 +114,15 @@ inline int64_t grain_rows(int64_t row_len) {
 
 inline bool is_fp32_or_bf16(at::ScalarType t) { return t == at::kFloat || t == at::kBFloat16; }
 
+// The block's per-frame form, x [B, F, S, C] against per-frame rows [B|1, F|1, 1, C], as the
+// kernels' token form [B, F*S, C] against [B|1, F|1, C] (views when x is contiguous): taking it
+// in C++ saves the Python provider its reshapes (a dispatcher round trip each).
+inline at::Tensor frames_as_tokens(const at::Tensor& x) { return x.dim() == 4 ? x.flatten(1, 2) : x; }
+inline at::Tensor frame_rows(const at::Tensor& t, const at::Tensor& x, const char* op, const char* what) {
+  if (x.dim() != 4) return t;
+  TORCH_CHECK(t.dim() == 4 && t.size(2) == 1 && (t.size(1) == 1 || t.size(1) == x.size(1)), op, ": with x [B, F, S, C] = ",
+              x.sizes(), ", ", what, " must be [B|1, F|1, 1, C], got ", t.sizes());
+  return t.squeeze(2);
+}
+
 }  // namespace liveavatar_rt::cpu

@@ -5,7 +5,8 @@
 //
 // x: [B, L, C] fp32|bf16 (the residual stream), y: [B, L, C] fp32|bf16 (a branch output in the
 // compute dtype), gate: fp32 [B|1, F, C] (one row per frame of S consecutive tokens, as
-// modulate's shift/scale) -> fp32 [B, L, C]. The reference makes three temporaries (two upcasts
+// modulate's shift/scale) -> fp32 [B, L, C]; or the block's per-frame form, x/y [B, F, S, C]
+// with gate [B|1, F|1, 1, C] -> fp32 [B, F, S, C]. The reference makes three temporaries (two upcasts
 // and the product); here one pass reads x and y once. Multiply, round, add, round: no FMA (the
 // build passes -ffp-contract=off), so every output equals the reference's.
 #include "ops.h"
@@ -101,9 +102,15 @@ void gated_residual_out_cpu(at::Tensor& out, const at::Tensor& x_in, const at::T
 }
 
 at::Tensor gated_residual_cpu(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate) {
-  cpu::check(x, y, gate);
+  const char* op = "liveavatar_rt::gated_residual";
+  TORCH_CHECK(x.dim() != 4 || y.sizes() == x.sizes(), op, ": x and y must have one shape, got ", x.sizes(), " and ",
+              y.sizes());
+  const at::Tensor x3 = cpu::frames_as_tokens(x), y3 = cpu::frames_as_tokens(y);
+  const at::Tensor g3 = cpu::frame_rows(gate, x, op, "gate");
+  cpu::check(x3, y3, g3);
   at::Tensor out = at::empty(x.sizes(), x.options().dtype(at::kFloat).memory_format(at::MemoryFormat::Contiguous));
-  gated_residual_out_cpu(out, x, y, gate);
+  at::Tensor out3 = cpu::frames_as_tokens(out);
+  gated_residual_out_cpu(out3, x3, y3, g3);
   return out;
 }
 

@@ -111,11 +111,15 @@ void modulate_out_cpu(at::Tensor& out, const at::Tensor& x_in, const at::Tensor&
 
 at::Tensor modulate_cpu(
     const at::Tensor& x_norm, const at::Tensor& shift, const at::Tensor& scale, at::ScalarType out_dtype) {
-  cpu::check_inputs(x_norm, shift, scale);
+  const char* op = "liveavatar_rt::modulate";
+  const at::Tensor x3 = cpu::frames_as_tokens(x_norm);
+  const at::Tensor sh3 = cpu::frame_rows(shift, x_norm, op, "shift"), sc3 = cpu::frame_rows(scale, x_norm, op, "scale");
+  cpu::check_inputs(x3, sh3, sc3);
   TORCH_CHECK(cpu::is_fp32_or_bf16(out_dtype), "liveavatar_rt::modulate: out_dtype must be float32 or bfloat16, got ",
               out_dtype);
-  at::Tensor out = at::empty(x_norm.sizes(), x_norm.options().dtype(out_dtype));
-  modulate_out_cpu(out, x_norm, shift, scale);
+  at::Tensor out = at::empty(x_norm.sizes(), x_norm.options().dtype(out_dtype).memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor out3 = cpu::frames_as_tokens(out);
+  modulate_out_cpu(out3, x3, sh3, sc3);
   return out;
 }
 

@@ -15,7 +15,7 @@ import torch
 
 from .activation import gelu_tanh as _gelu_tanh_ref
 from .attention import attention as _attention_ref
-from .cpu_providers import PRIORITY, _DTYPES, _frames, rolling_attention_supports, supports
+from .cpu_providers import PRIORITY, _DTYPES, _frames, _per_frame_form, rolling_attention_supports, supports
 from .modulate import gated_residual as _gated_residual_ref
 from .norm import layer_norm as _layer_norm_ref
 from .registry import OPS
@@ -26,6 +26,8 @@ def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torc
     with gate [B|1, L|F|1, C], or [B, F, S, C] (model/block.py's per-frame view) with gate
     [B|1, F|1, 1, C]; bf16/fp32 x and y, fp32 gate. -> fp32, x's shape."""
     nd = x.dim()
+    if _per_frame_form(x, (gate,)) and y.shape == x.shape and y.dtype in _DTYPES and y.device.type == "cpu":
+        return torch.ops.liveavatar_rt.gated_residual.default(x, y, gate)  # the kernel takes it as is
     if (
         nd not in (3, 4)
         or x.shape != y.shape

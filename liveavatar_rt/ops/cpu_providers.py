@@ -68,6 +68,16 @@ def _frames(t: torch.Tensor, nd: int, B: int, C: int) -> Optional[torch.Tensor]:
     return t
 
 
+def _per_frame_form(x: torch.Tensor, rows: tuple) -> bool:
+    """The block's call form, which the C++ ops take directly: x [B, F, S, C] bf16|fp32 on CPU,
+    each of `rows` fp32 [B|1, F|1, 1, C] on CPU. Checked with attribute reads only (no views)."""
+    if x.dim() != 4 or x.dtype not in _DTYPES or x.device.type != "cpu":
+        return False
+    B, F, _, C = x.shape
+    return all(t.dim() == 4 and t.dtype == torch.float32 and t.device.type == "cpu" and t.shape[3] == C
+               and t.shape[2] == 1 and t.shape[1] in (1, F) and t.shape[0] in (1, B) for t in rows)
+
+
 def modulate(x_norm: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
     """out = out_dtype(fp32(x_norm) * (1 + scale) + shift), as ops/modulate.py.
 
@@ -77,6 +87,8 @@ def modulate(x_norm: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, out
     form (an extension of the reference's broadcasting). Anything else runs the reference.
     """
     nd = x_norm.dim()
+    if out_dtype in _DTYPES and _per_frame_form(x_norm, (shift, scale)) and shift.shape == scale.shape:
+        return torch.ops.liveavatar_rt.modulate.default(x_norm, shift, scale, out_dtype)  # taken as is
     if x_norm.dtype not in _DTYPES or out_dtype not in _DTYPES or x_norm.device.type != "cpu" or nd not in (3, 4):
         return _modulate_ref(x_norm, shift, scale, out_dtype)
     B, C = x_norm.shape[0], x_norm.shape[-1]

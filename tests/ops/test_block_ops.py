@@ -13,7 +13,7 @@ from liveavatar_rt.ops import OpTable, cpu_block_providers as prov
 from liveavatar_rt.ops.activation import gelu_tanh as gelu_ref
 from liveavatar_rt.ops.attention import attention as attention_ref
 from liveavatar_rt.ops.cpu_providers import rolling_attention_supports
-from liveavatar_rt.ops.modulate import gated_residual as gated_ref
+from liveavatar_rt.ops.modulate import gated_residual as gated_ref, modulate as modulate_ref
 from liveavatar_rt.ops.norm import layer_norm as layer_norm_ref
 from tests.ops.conftest import seeded_randn
 from tests.tolerances import assert_provider_close
@@ -55,6 +55,22 @@ def test_gated_residual_strided_inputs_and_out_variant(ops):
     out = torch.empty(1, 48, 128)
     ops.gated_residual_out.default(out, x, y, gate)
     assert torch.equal(out, ref)
+
+
+def test_per_frame_form_taken_by_the_kernels(ops):
+    """The C++ gated_residual / modulate take the block's [B, F, S, C] form with per-frame rows
+    [B|1, F|1, 1, C] directly (no Python reshapes), bit-identical to the references."""
+    x, y = _randn(2, 3, 5, 16, seed=17).bfloat16(), _randn(2, 3, 5, 16, seed=18)
+    gate, shift, scale = _randn(1, 3, 1, 16, seed=19), _randn(2, 1, 1, 16, seed=20), _randn(2, 1, 1, 16, seed=21)
+    assert torch.equal(ops.gated_residual.default(x, y, gate), gated_ref(x, y, gate))
+    assert torch.equal(ops.modulate.default(x, shift, scale, torch.bfloat16),
+                       modulate_ref(x, shift, scale, torch.bfloat16))
+    with pytest.raises(RuntimeError, match=r"gate must be \[B\|1, F\|1, 1, C\]"):
+        ops.gated_residual.default(x, y, _randn(1, 3, 2, 16))
+    with pytest.raises(RuntimeError, match=r"shift must be \[B\|1, F\|1, 1, C\]"):
+        ops.modulate.default(x, _randn(2, 2, 1, 16), scale, torch.float32)
+    torch.library.opcheck(ops.gated_residual.default, (x, y, gate))
+    torch.library.opcheck(ops.modulate.default, (x, shift, scale, torch.bfloat16))
 
 
 def test_gated_residual_falls_back_for_other_forms(ops):
