@@ -198,15 +198,17 @@ class WanVAE(nn.Module):
         z = (mu - self._stat(self.latent_mean)) * self._stat(self.latent_inv_std)
         return z[0].float()
 
-    def moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [B, 3, 1+4k, H, W] (compute dtype) -> un-normalised (mu, log_var) [B, z, 1+k, h, w].
+    def moments(self, x: torch.Tensor, cache: CausalCache | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B, 3, T, H, W] (compute dtype) -> un-normalised (mu, log_var) [B, z, F, h, w].
 
-        Differentiable (training uses it): a fresh cache, chunks of 1, 4, 4, ... frames as
-        published, `conv1` over the whole latent."""
+        Differentiable (training uses it). From a fresh (or empty) cache: T = 1+4k frames in
+        chunks of 1, 4, 4, ... as published (F = 1+k); continuing a started `cache`: T = 4k
+        frames in chunks of 4 (F = k). `conv1` is 1x1x1, so it runs on the whole latent."""
         tf = self.config.time_factor
-        cache = CausalCache(self.encoder.n_slots)
-        starts = [0, *range(1, x.shape[2], tf)]
-        chunks = [self.encoder(x[:, :, s:(1 if s == 0 else s + tf)], cache) for s in starts]
+        cache = cache if cache is not None else CausalCache(self.encoder.n_slots)
+        fresh = all(s is None for s in cache.slots)
+        starts = [0, *range(1, x.shape[2], tf)] if fresh else list(range(0, x.shape[2], tf))
+        chunks = [self.encoder(x[:, :, s:(1 if fresh and s == 0 else s + tf)], cache) for s in starts]
         return self.conv1(torch.cat(chunks, dim=2)).chunk(2, dim=1)
 
     # -- decode ---------------------------------------------------------------------------

@@ -32,13 +32,19 @@ def clip_arrays(ds, i: int) -> dict[str, np.ndarray]:
 
 
 class Prepped:
-    """The prepped training tensors (`prep.py` writes `<run>/prep/data.pt`):
+    """The prepped training tensors (`prep.py` writes `<run>/prep/data_<start>.pt`):
     x0 [N, 16, Fc, h, w] clean normalised latents of frames 1 .. 4Fc, ref [N, 16, 1, h, w],
     motion [N, 16, 19, h, w], feats [N, Fc/3, layers, dim, 12] per-block audio features (fp16),
     mouth [N, 4Fc] ground-truth mouth opening of frames 1 .. 4Fc."""
 
     def __init__(self, path: str | Path):
-        d = torch.load(path, map_location="cpu", weights_only=True)
+        """path: the prep folder (every `data_*.pt` in it, concatenated) or one file."""
+        path = Path(path)
+        files = sorted(path.glob("data_*.pt")) if path.is_dir() else [path]
+        if not files:
+            raise FileNotFoundError(f"no prepped data in {path}: run `python -m recipes.tiny.train.prep` first")
+        parts = [torch.load(f, map_location="cpu", weights_only=True) for f in files]
+        d = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
         self.x0, self.ref, self.motion = d["x0"].float(), d["ref"].float(), d["motion"].float()
         self.feats, self.mouth = d["feats"], d["mouth"]
         self.n, self.blocks = self.x0.shape[0], self.feats.shape[1]

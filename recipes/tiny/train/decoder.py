@@ -4,8 +4,9 @@ DiT trains and ships with it.
 
     python -m recipes.tiny.train.decoder --data data/tiny --run runs/tiny [--minutes 30]
 
-Whole 128x128 frames (the decoder's middle attention then sees whole faces), 1 + 4k frames,
-the deterministic latent (mu) as the runtime decodes it, L1 + image-gradient L1.
+Whole 128x128 frames (the decoder's middle attention then sees whole faces), streamed through
+whole clips with the causal caches carried across steps (as the runtime decodes), the
+deterministic latent (mu) as the runtime encodes it, L1 + image-gradient L1.
 """
 from __future__ import annotations
 
@@ -15,10 +16,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from liveavatar_rt.model.vae_blocks import CausalCache
-
 from .common import Budget, LossLog, cosine_lr, load_ckpt, save_ckpt, stage_dir
-from .vae import FramePool, grad_l1, load_trained_vae
+from .vae import FramePool, Streams, grad_l1, load_trained_vae
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -28,7 +27,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--minutes", type=float, default=None)
     ap.add_argument("--batch", type=int, default=2)
-    ap.add_argument("--frames", type=int, default=5)
+    ap.add_argument("--chunk", type=int, default=2, help="latents per step")
+    ap.add_argument("--crop", type=int, default=128, help="square crop (128: whole frames)")
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args(argv)
@@ -42,16 +42,17 @@ def main(argv: list[str] | None = None) -> None:
     step = load_ckpt(out / "ckpt.pt", vae, opt)["step"] if (out / "ckpt.pt").exists() else 0
     rng = np.random.default_rng(args.seed + step)
     pool = FramePool(args.data, rng)
+    streams = Streams(pool, args.batch, args.crop, args.chunk)
     log = LossLog(out, ["l1", "grad"])
     budget = Budget(args.steps, args.minutes)
     bar = tqdm(total=args.steps, initial=step, desc="decoder", dynamic_ncols=True)
     while not budget.done(step):
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, args.steps, args.lr, warmup=20)
-        x = pool.sample(args.batch, args.frames, 128)
+        x, enc, dec = streams.next(vae)
         with torch.no_grad():
-            mu, _ = vae.moments(x)
-        y = vae.decode_raw(mu, CausalCache(vae.decoder.n_slots))
+            mu, _ = vae.moments(x, enc)
+        y = vae.decode_raw(mu, dec)
         l1, gl = (y - x).abs().mean(), grad_l1(y, x)
         opt.zero_grad(set_to_none=True)
         (l1 + gl).backward()

@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
 
     out = stage_dir(args.run, "dmd")
-    data = Prepped(stage_dir(args.run, "prep") / "data.pt")
+    data = Prepped(stage_dir(args.run, "prep"))
     teacher = load_dit(args.run, "teacher").eval().requires_grad_(False)
     gen = build_dit(args.seed)
     fake = copy.deepcopy(teacher).train().requires_grad_(True)

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
 
     out = stage_dir(args.run, "ode")
-    data = Prepped(stage_dir(args.run, "prep") / "data.pt")
+    data = Prepped(stage_dir(args.run, "prep"))
     model = load_dit(args.run, "teacher").eval()
     rng = np.random.default_rng(args.seed)
     gen = torch.Generator().manual_seed(args.seed)

@@ -45,17 +45,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", default="data/tiny")
     ap.add_argument("--run", default="runs/tiny")
     ap.add_argument("--clips", type=int, default=400)
+    ap.add_argument("--start", type=int, default=0, help="first clip (run several ranges in parallel)")
     ap.add_argument("--blocks", type=int, default=8, help="blocks of 12 frames per clip (8 = 3.84 s)")
     args = ap.parse_args(argv)
 
     cfg, stream = from_name("tiny"), StreamConfig()
     ds = open_dataset(args.data)
     vae = load_trained_vae(args.run, torch.float32)
-    n = min(args.clips, len(ds))
+    stop = min(args.start + args.clips, len(ds))
     nf = 12 * args.blocks
     out = {k: [] for k in ("x0", "ref", "motion", "feats", "mouth")}
     with torch.no_grad():
-        for i in tqdm(range(n), desc="prep", dynamic_ncols=True):
+        for i in tqdm(range(args.start, stop), desc="prep", dynamic_ncols=True):
             c = clip_arrays(ds, i)
             if len(c["frames"]) < nf + 1:
                 raise ValueError(f"clip {i} has {len(c['frames'])} frames, need {nf + 1} for {args.blocks} blocks")
@@ -67,9 +68,9 @@ def main(argv: list[str] | None = None) -> None:
             out["feats"].append(block_features(audio, args.blocks, cfg).half())
             out["mouth"].append(torch.from_numpy(np.asarray(c["mouth"], np.float32)[1:nf + 1]))
     data = {k: torch.stack(v) for k, v in out.items()}
-    path = stage_dir(args.run, "prep") / "data.pt"
+    path = stage_dir(args.run, "prep") / f"data_{args.start:06d}.pt"
     torch.save(data, path)
-    print(f"prep: {n} clips -> {path} " + " ".join(f"{k}{tuple(v.shape)}" for k, v in data.items()))
+    print(f"prep: clips {args.start}..{stop - 1} -> {path} " + " ".join(f"{k}{tuple(v.shape)}" for k, v in data.items()))
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
 
     out = stage_dir(args.run, "student")
-    data = Prepped(stage_dir(args.run, "prep") / "data.pt")
+    data = Prepped(stage_dir(args.run, "prep"))
     traj = torch.load(stage_dir(args.run, "ode") / "trajectories.pt", weights_only=True)
     model = build_dit(args.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
 
     out = stage_dir(args.run, "teacher")
-    data = Prepped(stage_dir(args.run, "prep") / "data.pt")
+    data = Prepped(stage_dir(args.run, "prep"))
     model = build_dit(args.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     step = load_ckpt(out / "ckpt.pt", model, opt)["step"] if (out / "ckpt.pt").exists() else 0

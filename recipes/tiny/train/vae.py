@@ -60,6 +60,7 @@ class FramePool:
         self.root, self.rng, self.refresh, self.calls = root, rng, refresh, 0
         self.ds = open_dataset(root)
         self.clips = [frames_of(self.ds, int(i)) for i in rng.integers(0, len(self.ds), size)]
+        self.frames_per_clip = min(len(c) for c in self.clips)
 
     def sample(self, batch: int, frames: int, crop: int) -> torch.Tensor:
         """-> [B, 3, frames, crop, crop] in [-1, 1]: random clip, start frame and 8-aligned crop."""
@@ -84,6 +85,30 @@ class FramePool:
         return torch.stack(out)
 
 
+class Streams:
+    """`batch` synchronous streams, each a fixed crop of a random clip, advanced `chunk` latents
+    per training step with the encoder's and decoder's causal caches carried over, detached:
+    truncated backprop through the stream. Short independent samples only ever show frames
+    near the causal zero padding; the runtime decodes far from it, forever, so train there."""
+
+    def __init__(self, pool: FramePool, batch: int, crop: int, chunk: int):
+        self.pool, self.batch, self.crop, self.chunk = pool, batch, crop, chunk
+        self.video, self.pos = None, 0
+
+    def next(self, vae: WanVAE) -> tuple[torch.Tensor, CausalCache, CausalCache]:
+        """-> (frames [B, 3, T, crop, crop], encoder cache, decoder cache) for this step."""
+        n = 4 * self.chunk + (1 if self.pos == 0 else 0)
+        if self.video is None or self.pos + n > self.video.shape[2]:
+            self.video = self.pool.sample(self.batch, 1 + 4 * ((self.pool.frames_per_clip - 1) // 4), self.crop)
+            self.pos, n = 0, 4 * self.chunk + 1
+            self.enc, self.dec = CausalCache(vae.encoder.n_slots), CausalCache(vae.decoder.n_slots)
+        for c in (self.enc, self.dec):  # truncate the graph at the step boundary
+            c.slots = [None if t is None else t.detach() for t in c.slots]
+        x = self.video[:, :, self.pos:self.pos + n]
+        self.pos += n
+        return x, self.enc, self.dec
+
+
 @torch.no_grad()
 def latent_stats(vae: WanVAE, ds, rng: np.random.Generator, clips: int = 24) -> tuple[list[float], list[float]]:
     """Per-channel mean/std of the (un-normalised) mu over whole frames of `clips` clips."""
@@ -105,6 +130,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--frames", type=int, default=5, help="1 + 4k frames per sample")
     ap.add_argument("--crop", type=int, default=48)
+    ap.add_argument("--stream-chunk", type=int, default=0,
+                    help="train on whole clips as streams, this many latents per step (0: short samples)")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--kl", type=float, default=1e-6)
     ap.add_argument("--seed", type=int, default=0)
@@ -118,17 +145,21 @@ def main(argv: list[str] | None = None) -> None:
     step = load_ckpt(out / "ckpt.pt", vae, opt)["step"] if (out / "ckpt.pt").exists() else 0
     rng = np.random.default_rng(args.seed + step)
     pool = FramePool(args.data, rng)
+    streams = Streams(pool, args.batch, args.crop, args.stream_chunk) if args.stream_chunk else None
     log = LossLog(out, ["loss", "l1", "grad", "kl"])
     budget = Budget(args.steps, args.minutes)
     bar = tqdm(total=args.steps, initial=step, desc="vae", dynamic_ncols=True)
     while not budget.done(step):
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, args.steps, args.lr)
-        x = pool.sample(args.batch, args.frames, args.crop)
-        mu, log_var = vae.moments(x)
+        if streams is not None:
+            x, enc, dec = streams.next(vae)
+        else:
+            x, enc, dec = pool.sample(args.batch, args.frames, args.crop), None, CausalCache(vae.decoder.n_slots)
+        mu, log_var = vae.moments(x, enc)
         log_var = log_var.clamp(-30, 20)
         z = mu + torch.randn_like(mu) * (0.5 * log_var).exp()
-        y = vae.decode_raw(z, CausalCache(vae.decoder.n_slots))
+        y = vae.decode_raw(z, dec)
         l1 = (y - x).abs().mean()
         gl = grad_l1(y, x)
         kl = 0.5 * (mu.square() + log_var.exp() - 1 - log_var).mean()
