@@ -66,6 +66,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["liveavatar_rt", "liveavatar_rt.*"]) + ["liveavatar_rt.kernels"],
     package_dir={"liveavatar_rt.kernels": "kernels"},
+    # the bundled trained tiny model and the server's web page travel with the package
+    package_data={"liveavatar_rt": ["weights/*.safetensors"], "liveavatar_rt.serve": ["static/*"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     install_requires=[
@@ -81,6 +83,9 @@ setup(
         "test": ["pytest", "pytest-benchmark", "transformers==5.23.0", "sentencepiece==0.2.3"],
         # the 14B front ends: umT5 tokenizer and wav2vec2 (published layout directories)
         "published": ["transformers>=4.51", "sentencepiece"],
+        "serve": ["fastapi==0.163.2", "starlette==1.10.0", "uvicorn==0.54.0", "websockets==17.4",
+                  "prometheus-client==0.26.0"],
+        "eval": ["matplotlib==3.11.2"],
     },
     entry_points={"console_scripts": ["liveavatar-rt = liveavatar_rt.cli:main"]},
     zip_safe=False,
