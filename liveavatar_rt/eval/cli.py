@@ -52,8 +52,9 @@ def run(args: argparse.Namespace) -> int:
     result["hardware"] = fingerprint()
     result["plot"] = str(out_png)
     result["rows"] = rows
-    plot(rows, out_png, title=f"liveavatar_rt eval: {result.get('config', {}).get('model', '')} "
-                              f"{result.get('identity', '')}, {result['video_minutes']:.1f} min of video")
+    what = (f"{result['config']['model']} {result['identity']}" if "config" in result
+            else Path(args.from_csv).name)
+    plot(rows, out_png, title=f"liveavatar_rt eval: {what}, {result['video_minutes']:.1f} min of video")
     write_json(out_json, result)
     v = result["verdict"]
     print(f"eval: {result['windows']} windows, {result['video_minutes']:.2f} min of video; "
