@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import time
 import urllib.error
 import urllib.request
@@ -23,8 +24,23 @@ TEST_LIMITS = dict(port=0, max_sessions=2, max_image_bytes=200 * KiB, max_image_
                    max_message_bytes=400 * KiB, start_timeout_s=5.0, idle_timeout_s=30.0, silence_after_s=0.3)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def random_tiny_weights():
+    """These tests check transport, not the model: seeded random weights make consecutive frames
+    very different, so frame order and identity survive lossy H.264 checkably (the trained
+    model's frames change little from one to the next). Set for every process the tests start
+    (TPP ranks inherit it), restored after the run."""
+    old = os.environ.get("LIVEAVATAR_RT_TINY_RANDOM")
+    os.environ["LIVEAVATAR_RT_TINY_RANDOM"] = "1"
+    yield
+    if old is None:
+        os.environ.pop("LIVEAVATAR_RT_TINY_RANDOM", None)
+    else:
+        os.environ["LIVEAVATAR_RT_TINY_RANDOM"] = old
+
+
 @pytest.fixture(scope="session")
-def engine():
+def engine(random_tiny_weights):
     from liveavatar_rt.serve.engine import Engine
 
     return Engine.load("tiny")
