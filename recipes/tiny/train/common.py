@@ -11,8 +11,10 @@ import math
 import os
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
+from tqdm import tqdm
 
 # One thread unless told otherwise: these small ops are overhead-bound, and on a shared 2-core
 # machine a second OpenMP thread spin-waits behind other processes (measured: 0.33 s/step with
@@ -102,3 +104,37 @@ class Budget:
 
     def done(self, step: int) -> bool:
         return step >= self.steps or (self.deadline is not None and time.time() > self.deadline)
+
+
+def optimize(opt: torch.optim.Optimizer, loss: torch.Tensor, params, clip: float = 1.0) -> None:
+    """One update: zero the grads, backprop `loss`, clip the global grad norm of `params`, step."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, clip)
+    opt.step()
+
+
+class Progress:
+    """A stage's step bookkeeping: the progress bar, a log row every `log_every` steps, and a
+    checkpoint (`save(step, **extra)`) with a fresh loss plot every `ckpt_every` steps and at
+    the end."""
+
+    def __init__(self, desc: str, total: int, step: int, log: LossLog, save: Callable[..., None],
+                 log_every: int = 10, ckpt_every: int = 200):
+        self.bar = tqdm(total=total, initial=step, desc=desc, dynamic_ncols=True)
+        self.log, self.save, self.log_every, self.ckpt_every = log, save, log_every, ckpt_every
+
+    def tick(self, step: int, shown: dict, **logged: float) -> None:
+        """After step `step`: `shown` goes on the bar, `logged` into the CSV log."""
+        self.bar.update(1)
+        self.bar.set_postfix(**shown)
+        if step % self.log_every == 0:
+            self.log.write(step, **logged)
+        if step % self.ckpt_every == 0:
+            self.save(step)
+            self.log.plot()
+
+    def close(self, step: int, **extra) -> None:
+        self.bar.close()
+        self.save(step, **extra)
+        self.log.plot()

@@ -14,9 +14,7 @@ import argparse
 
 import numpy as np
 import torch
-from tqdm import tqdm
-
-from .common import Budget, LossLog, cosine_lr, load_ckpt, save_ckpt, stage_dir
+from .common import Budget, LossLog, Progress, cosine_lr, load_ckpt, optimize, save_ckpt, stage_dir
 from .vae import FramePool, Streams, grad_l1, load_trained_vae
 
 
@@ -45,7 +43,8 @@ def main(argv: list[str] | None = None) -> None:
     streams = Streams(pool, args.batch, args.crop, args.chunk)
     log = LossLog(out, ["l1", "grad"])
     budget = Budget(args.steps, args.minutes)
-    bar = tqdm(total=args.steps, initial=step, desc="decoder", dynamic_ncols=True)
+    progress = Progress("decoder", args.steps, step, log, lambda s, **kw: save_ckpt(out / "ckpt.pt", s, vae, opt, **kw),
+                        ckpt_every=100)
     while not budget.done(step):
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, args.steps, args.lr, warmup=20)
@@ -54,21 +53,10 @@ def main(argv: list[str] | None = None) -> None:
             mu, _ = vae.moments(x, enc)
         y = vae.decode_raw(mu, dec)
         l1, gl = (y - x).abs().mean(), grad_l1(y, x)
-        opt.zero_grad(set_to_none=True)
-        (l1 + gl).backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        optimize(opt, l1 + gl, params)
         step += 1
-        bar.update(1)
-        bar.set_postfix(l1=f"{l1.item():.4f}")
-        if step % 10 == 0:
-            log.write(step, l1=l1.item(), grad=gl.item())
-        if step % 100 == 0:
-            save_ckpt(out / "ckpt.pt", step, vae, opt)
-            log.plot()
-    bar.close()
-    save_ckpt(out / "ckpt.pt", step, vae, opt)
-    log.plot()
+        progress.tick(step, {"l1": f"{l1.item():.4f}"}, l1=l1.item(), grad=gl.item())
+    progress.close(step)
     print(f"decoder: {step} steps -> {out / 'ckpt.pt'}")
 
 

@@ -20,11 +20,9 @@ import copy
 
 import numpy as np
 import torch
-from tqdm import tqdm
-
 from liveavatar_rt.engine.sampler import flow_schedule
 
-from .common import Budget, LossLog, cosine_lr, load_ckpt, save_ckpt, stage_dir
+from .common import Budget, LossLog, Progress, cosine_lr, load_ckpt, optimize, save_ckpt, stage_dir
 from .data import Prepped
 from .dit_common import Conditioner, build_dit, load_dit, noisy, sample_sigma
 from .dit_forward import RING_BLOCKS, Placement
@@ -100,7 +98,8 @@ def main(argv: list[str] | None = None) -> None:
     cg, cr, cf = Conditioner(gen), Conditioner(teacher), Conditioner(fake)
     log = LossLog(out, ["dmd", "fake", "grad_norm"])
     budget = Budget(args.steps, args.minutes)
-    bar = tqdm(total=args.steps, initial=step, desc="dmd", dynamic_ncols=True)
+    progress = Progress("dmd", args.steps, step, log, lambda s, **kw: save_ckpt(
+        out / "ckpt.pt", s, gen, opt_g, fake=fake.state_dict(), opt_fake=opt_f.state_dict(), **kw), log_every=1, ckpt_every=50)
     while not budget.done(step):
         for o, base in ((opt_g, args.lr), (opt_f, args.fake_lr)):
             for g in o.param_groups:
@@ -124,10 +123,7 @@ def main(argv: list[str] | None = None) -> None:
             w = (x_gen.detach() - x0_r).abs().mean(dim=(1, 2, 3, 4), keepdim=True).clamp_min(1e-4)
             grad = (x0_f - x0_r) / w
         dmd = 0.5 * (x_gen - (x_gen - grad).detach()).square().mean()
-        opt_g.zero_grad(set_to_none=True)
-        dmd.backward()
-        torch.nn.utils.clip_grad_norm_(gen.parameters(), 1.0)
-        opt_g.step()
+        optimize(opt_g, dmd, gen.parameters())
 
         # fake score: flow matching on the generator's samples
         for _ in range(args.fake_updates):
@@ -135,21 +131,12 @@ def main(argv: list[str] | None = None) -> None:
             eps = torch.randn_like(x_gen)
             v = velocity(cf, batch, noisy(x_gen.detach(), sig_f, eps), sig_f, place)
             fl = (v - (eps - x_gen.detach())).square().mean()
-            opt_f.zero_grad(set_to_none=True)
-            fl.backward()
-            torch.nn.utils.clip_grad_norm_(fake.parameters(), 1.0)
-            opt_f.step()
+            optimize(opt_f, fl, fake.parameters())
 
         step += 1
-        bar.update(1)
-        bar.set_postfix(dmd=f"{dmd.item():.4f}", fake=f"{fl.item():.4f}")
-        log.write(step, dmd=dmd.item(), fake=fl.item(), grad_norm=grad.abs().mean().item())
-        if step % 50 == 0:
-            save_ckpt(out / "ckpt.pt", step, gen, opt_g, fake=fake.state_dict(), opt_fake=opt_f.state_dict())
-            log.plot()
-    bar.close()
-    save_ckpt(out / "ckpt.pt", step, gen, opt_g, fake=fake.state_dict(), opt_fake=opt_f.state_dict())
-    log.plot()
+        progress.tick(step, {"dmd": f"{dmd.item():.4f}", "fake": f"{fl.item():.4f}"},
+                      dmd=dmd.item(), fake=fl.item(), grad_norm=grad.abs().mean().item())
+    progress.close(step)
     print(f"dmd: {step} steps")
 
 

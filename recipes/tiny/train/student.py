@@ -15,11 +15,9 @@ import argparse
 
 import numpy as np
 import torch
-from tqdm import tqdm
-
 from liveavatar_rt.engine.sampler import flow_schedule
 
-from .common import Budget, LossLog, cosine_lr, load_ckpt, save_ckpt, stage_dir
+from .common import Budget, LossLog, Progress, cosine_lr, load_ckpt, optimize, save_ckpt, stage_dir
 from .data import Prepped
 from .dit_common import Conditioner, build_dit
 from .dit_forward import Placement
@@ -51,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     cond_fn = Conditioner(model)
     log = LossLog(out, ["loss", "loss_step0", "loss_step3"])
     budget = Budget(args.steps, args.minutes)
-    bar = tqdm(total=args.steps, initial=step, desc="student", dynamic_ncols=True)
+    progress = Progress("student", args.steps, step, log, lambda s, **kw: save_ckpt(out / "ckpt.pt", s, model, opt, **kw))
     per_step = [0.0] * 4
     while not budget.done(step):
         for g in opt.param_groups:
@@ -69,22 +67,12 @@ def main(argv: list[str] | None = None) -> None:
         B, _, Fw = x.shape[:3]
         v = cond_fn.fwd.velocity(x, timesteps[i].expand(B, Fw), cond, text_kv, audio, place, causal=True)
         loss = (x - sigmas[i] * v.float() - target).square().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        optimize(opt, loss, model.parameters())
         per_step[i] = 0.9 * per_step[i] + 0.1 * loss.item() if per_step[i] else loss.item()
         step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}", step=i)
-        if step % 10 == 0:
-            log.write(step, loss=loss.item(), loss_step0=per_step[0], loss_step3=per_step[3])
-        if step % 200 == 0:
-            save_ckpt(out / "ckpt.pt", step, model, opt)
-            log.plot()
-    bar.close()
-    save_ckpt(out / "ckpt.pt", step, model, opt)
-    log.plot()
+        progress.tick(step, {"loss": f"{loss.item():.4f}", "step": i},
+                      loss=loss.item(), loss_step0=per_step[0], loss_step3=per_step[3])
+    progress.close(step)
     print(f"student: {step} steps -> {out / 'ckpt.pt'}")
 
 

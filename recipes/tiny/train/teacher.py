@@ -14,9 +14,7 @@ import argparse
 
 import numpy as np
 import torch
-from tqdm import tqdm
-
-from .common import Budget, LossLog, cosine_lr, load_ckpt, save_ckpt, stage_dir
+from .common import Budget, LossLog, Progress, cosine_lr, load_ckpt, optimize, save_ckpt, stage_dir
 from .data import Prepped
 from .dit_common import Conditioner, build_dit, noisy, sample_sigma
 from .dit_forward import Placement
@@ -44,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     cond_fn = Conditioner(model)
     log = LossLog(out, ["loss"])
     budget = Budget(args.steps, args.minutes)
-    bar = tqdm(total=args.steps, initial=step, desc="teacher", dynamic_ncols=True)
+    progress = Progress("teacher", args.steps, step, log, lambda s, **kw: save_ckpt(out / "ckpt.pt", s, model, opt, **kw))
     while not budget.done(step):
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, args.steps, args.lr)
@@ -59,21 +57,10 @@ def main(argv: list[str] | None = None) -> None:
         t = (sigma * 1000).view(B, 1).expand(B, Fw)
         v = cond_fn.fwd.velocity(xt, t, cond, text_kv, audio, Placement.sample(rng, args.blocks), causal=False)
         loss = (v.float() - (noise - x0)).square().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        optimize(opt, loss, model.parameters())
         step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        if step % 10 == 0:
-            log.write(step, loss=loss.item())
-        if step % 200 == 0:
-            save_ckpt(out / "ckpt.pt", step, model, opt)
-            log.plot()
-    bar.close()
-    save_ckpt(out / "ckpt.pt", step, model, opt)
-    log.plot()
+        progress.tick(step, {"loss": f"{loss.item():.4f}"}, loss=loss.item())
+    progress.close(step)
     print(f"teacher: {step} steps -> {out / 'ckpt.pt'}")
 
 

@@ -15,14 +15,12 @@ import argparse
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from tqdm import tqdm
 
 from liveavatar_rt.model.vae import VAEConfig, WanVAE
 from liveavatar_rt.model.vae_blocks import CausalCache
 from liveavatar_rt.ops import OpTable
 
-from .common import Budget, LossLog, cosine_lr, load_ckpt, save_ckpt, stage_dir
+from .common import Budget, LossLog, Progress, cosine_lr, load_ckpt, optimize, save_ckpt, stage_dir
 from .data import frames_of, open_dataset
 
 TINY_VAE_DIM = 8  # decode cost bounds real time on 2 cores: dim 8 decodes a 128x128 block in ~0.3 s
@@ -148,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     streams = Streams(pool, args.batch, args.crop, args.stream_chunk) if args.stream_chunk else None
     log = LossLog(out, ["loss", "l1", "grad", "kl"])
     budget = Budget(args.steps, args.minutes)
-    bar = tqdm(total=args.steps, initial=step, desc="vae", dynamic_ncols=True)
+    progress = Progress("vae", args.steps, step, log, lambda s, **kw: save_ckpt(out / "ckpt.pt", s, vae, opt, **kw))
     while not budget.done(step):
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, args.steps, args.lr)
@@ -164,22 +162,12 @@ def main(argv: list[str] | None = None) -> None:
         gl = grad_l1(y, x)
         kl = 0.5 * (mu.square() + log_var.exp() - 1 - log_var).mean()
         loss = l1 + gl + args.kl * kl
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
+        optimize(opt, loss, vae.parameters())
         step += 1
-        bar.update(1)
-        bar.set_postfix(l1=f"{l1.item():.4f}", grad=f"{gl.item():.4f}")
-        if step % 10 == 0:
-            log.write(step, loss=loss.item(), l1=l1.item(), grad=gl.item(), kl=kl.item())
-        if step % 200 == 0:
-            save_ckpt(out / "ckpt.pt", step, vae, opt)
-            log.plot()
-    bar.close()
+        progress.tick(step, {"l1": f"{l1.item():.4f}", "grad": f"{gl.item():.4f}"},
+                      loss=loss.item(), l1=l1.item(), grad=gl.item(), kl=kl.item())
     mean, std = latent_stats(vae, open_dataset(args.data), np.random.default_rng(args.seed))
-    save_ckpt(out / "ckpt.pt", step, vae, opt, latent_mean=mean, latent_std=std)
-    log.plot()
+    progress.close(step, latent_mean=mean, latent_std=std)
     print(f"vae: {step} steps; latent mean {np.round(mean, 3).tolist()} std {np.round(std, 3).tolist()}")
 
 
