@@ -4,15 +4,13 @@
   max-abs bound.
 - A fast provider vs the reference: its error against an fp32 reference may be at most 2x the
   error of the reference itself run in the low-precision dtype, plus an arithmetic-noise atol
-  scaled by the output's magnitude (`provider_tolerance`): a different fp32 summation order
-  alone moves a sum of many terms by a few ulps of its largest values.
+  scaled by the output's magnitude (`provider_tolerance`, liveavatar_rt/ops/tolerance.py).
 """
 from __future__ import annotations
 
 import torch
 
-# arithmetic-noise floor per dtype, relative to max(1, max |fp32 reference|)
-NOISE_ATOL = {torch.float32: 1e-5, torch.bfloat16: 1e-3, torch.float16: 1e-4}
+from liveavatar_rt.ops.tolerance import provider_tolerance  # the rule lives once, in the runtime
 
 
 def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> tuple[float, float]:
@@ -22,12 +20,6 @@ def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> tuple[float, float]
     max_abs = diff.abs().max().item() if diff.numel() else 0.0
     denom = e.norm().item()
     return max_abs, diff.norm().item() / (denom if denom > 0 else 1.0)
-
-
-def provider_tolerance(ref_lowp: torch.Tensor, ref_fp32: torch.Tensor, dtype: torch.dtype) -> float:
-    """Allowed max-abs error of a provider against the fp32 reference."""
-    scale = max(1.0, ref_fp32.double().abs().max().item())
-    return 2 * (ref_lowp.double() - ref_fp32.double()).abs().max().item() + NOISE_ATOL[dtype] * scale
 
 
 def assert_provider_close(out: torch.Tensor, ref_lowp: torch.Tensor, ref_fp32: torch.Tensor, name: str = "") -> None:

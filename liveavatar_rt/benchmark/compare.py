@@ -8,7 +8,7 @@ The engine's exact shortcuts (text K/V once per session, audio tokens once per b
 conditioning prefill shared by the step caches) are on in all three: each is tested equal to
 the published per-forward computation, so turning them off would change time, not output.
 
-Tolerance (DESIGN.md "Tests", the same rule tests/tolerances.py applies per op, here on the
+Tolerance (DESIGN.md "Tests", `ops/tolerance.py`, the rule the op tests apply per op, here on the
 whole stream's clean block latents): the fast run's max |error| against the fp32 oracle may be
 at most 2x the reference run's own max |error| against it, plus an arithmetic-noise term of
 NOISE_ATOL[dtype] x max(1, max |oracle|).
@@ -20,16 +20,12 @@ import dataclasses
 import numpy as np
 import torch
 
+from ..ops.tolerance import provider_tolerance
 from .e2e import DTYPES, BenchConfig, bench, run_session
 
-NOISE_ATOL = {torch.float32: 1e-5, torch.bfloat16: 1e-3, torch.float16: 1e-4}
 RULE = "fast error <= 2 x reference-ops error (both vs fp32 reference ops) + noise atol"
-
-
-def allowed_max_abs(ref_lowp: torch.Tensor, oracle: torch.Tensor, dtype: torch.dtype) -> float:
-    """The largest max-abs error against `oracle` a fast provider may have (see module doc)."""
-    scale = max(1.0, oracle.double().abs().max().item())
-    return 2 * (ref_lowp.double() - oracle.double()).abs().max().item() + NOISE_ATOL[dtype] * scale
+# the largest max-abs error against the oracle the fast run may have (see module doc)
+allowed_max_abs = provider_tolerance
 
 
 def _latents(raw: dict) -> torch.Tensor:
