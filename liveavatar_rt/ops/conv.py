@@ -62,5 +62,5 @@ def _mkldnn_conv(n: int):
     return conv
 
 
-OPS["conv3d"].register("mkldnn", _mkldnn_conv(3), priority=10, supports=_mkldnn_supports)
-OPS["conv2d"].register("mkldnn", _mkldnn_conv(2), priority=10, supports=_mkldnn_supports)
+OPS["conv3d"].register("mkldnn", _mkldnn_conv(3), priority=10, supports=_mkldnn_supports, differentiable=True)
+OPS["conv2d"].register("mkldnn", _mkldnn_conv(2), priority=10, supports=_mkldnn_supports, differentiable=True)

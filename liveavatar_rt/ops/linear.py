@@ -39,7 +39,7 @@ def _native_supports(device: torch.device, dtype: torch.dtype):
     return None
 
 
-OPS["linear"].register("native", _native_linear, priority=5, supports=_native_supports)
+OPS["linear"].register("native", _native_linear, priority=5, supports=_native_supports, differentiable=True)
 
 
 def patch_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype, ops) -> torch.Tensor:

@@ -6,6 +6,12 @@ with a `supports(device, dtype)` check that returns None when usable or a reason
 not. Resolution happens once, when a pipeline or model is built (`resolve`), never per call:
 the hot path calls a plain bound function from an `OpTable`.
 
+Autograd: the reference is differentiable by construction; a provider is only if it says so
+(`differentiable=True`, e.g. one that calls differentiable torch ops). Any other provider is
+wrapped so that a call which needs gradients (grad mode on and a tensor argument that requires
+grad) runs the reference instead: training through a model built with the fast table gets
+correct gradients, never silently wrong ones, and inference (no_grad) pays one flag check.
+
 Forcing a provider: `LIVEAVATAR_RT_PROVIDER=ref` (reference everywhere) or
 `LIVEAVATAR_RT_PROVIDER=rms_norm=cpu,attention=ref` (per op), or `resolve(force=...)`.
 """
@@ -26,6 +32,7 @@ class Provider:
     fn: Callable
     priority: int
     supports: SupportsFn
+    differentiable: bool = False
 
 
 @dataclass
@@ -34,11 +41,15 @@ class Op:
     reference: Callable
     providers: list[Provider] = field(default_factory=list)
 
-    def register(self, name: str, fn: Callable, priority: int, supports: SupportsFn) -> None:
-        """Add a provider; higher priority wins among the providers that support a setting."""
+    def register(self, name: str, fn: Callable, priority: int, supports: SupportsFn,
+                 differentiable: bool = False) -> None:
+        """Add a provider; higher priority wins among the providers that support a setting.
+        `differentiable`: `fn` has correct gradients (else calls needing them run the reference)."""
         if name == "ref" or any(p.name == name for p in self.providers):
             raise ValueError(f"op {self.name!r}: provider {name!r} is already registered")
-        self.providers.append(Provider(name, fn, priority, supports))
+        if not differentiable:
+            fn = _grad_safe(fn, self.reference)
+        self.providers.append(Provider(name, fn, priority, supports, differentiable))
         self.providers.sort(key=lambda p: -p.priority)
 
     def candidates(self, device: torch.device, dtype: torch.dtype) -> list[tuple[str, Optional[str]]]:
@@ -62,6 +73,28 @@ class Op:
             if p.supports(device, dtype) is None:
                 return p.name, p.fn
         return "ref", self.reference
+
+
+def _needs_grad(args, kwargs) -> bool:
+    for a in (*args, *kwargs.values()):
+        if isinstance(a, torch.Tensor):
+            if a.requires_grad:
+                return True
+        elif isinstance(a, (list, tuple)) and any(isinstance(t, torch.Tensor) and t.requires_grad for t in a):
+            return True
+    return False
+
+
+def _grad_safe(fn: Callable, reference: Callable) -> Callable:
+    """`fn`, except that a call needing gradients runs `reference` (fn has no backward)."""
+
+    def call(*args, **kwargs):
+        if torch.is_grad_enabled() and _needs_grad(args, kwargs):
+            return reference(*args, **kwargs)
+        return fn(*args, **kwargs)
+
+    call.__name__, call.__doc__, call.__wrapped__ = getattr(fn, "__name__", "provider"), fn.__doc__, fn
+    return call
 
 
 OPS: dict[str, Op] = {}

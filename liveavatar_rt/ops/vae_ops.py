@@ -42,4 +42,4 @@ def _channel_sum_rms_norm(x: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
 
 
 OPS["vae_rms_norm"].register("chansum", _channel_sum_rms_norm, priority=10,
-                             supports=lambda device, dtype: None)
+                             supports=lambda device, dtype: None, differentiable=True)
