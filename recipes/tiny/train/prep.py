@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     vae = load_trained_vae(args.run, torch.float32)
     stop = min(args.start + args.clips, len(ds))
     nf = 12 * args.blocks
-    out = {k: [] for k in ("x0", "ref", "motion", "feats", "mouth")}
+    out = {k: [] for k in ("x0", "ref", "motion", "feats", "mouth", "box")}
     with torch.no_grad():
         for i in tqdm(range(args.start, stop), desc="prep", dynamic_ncols=True):
             c = clip_arrays(ds, i)
@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> None:
             audio = c["audio"][SAMPLES_PER_FRAME:(nf + 1) * SAMPLES_PER_FRAME]
             out["feats"].append(block_features(audio, args.blocks, cfg).half())
             out["mouth"].append(torch.from_numpy(np.asarray(c["mouth"], np.float32)[1:nf + 1]))
+            out["box"].append(torch.tensor(np.asarray(c["mouth_box"], np.float32)))
     data = {k: torch.stack(v) for k, v in out.items()}
     path = stage_dir(args.run, "prep") / f"data_{args.start:06d}.pt"
     torch.save(data, path)

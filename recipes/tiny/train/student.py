@@ -18,7 +18,7 @@ import torch
 from liveavatar_rt.engine.sampler import flow_schedule
 
 from .common import Budget, LossLog, Progress, cosine_lr, load_ckpt, optimize, save_ckpt, stage_dir
-from .data import Prepped
+from .data import Prepped, loss_weights, weighted_mse
 from .dit_common import Conditioner, build_dit
 from .dit_forward import Placement
 from .ode import WINDOW_BLOCKS
@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--minutes", type=float, default=None)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--mouth-weight", type=float, default=4.0, help="loss weight of the mouth-box latents")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
         text_kv, cond, audio = cond_fn(batch)
         B, _, Fw = x.shape[:3]
         v = cond_fn.fwd.velocity(x, timesteps[i].expand(B, Fw), cond, text_kv, audio, place, causal=True)
-        loss = (x - sigmas[i] * v.float() - target).square().mean()
+        loss = weighted_mse(x - sigmas[i] * v.float() - target, loss_weights(batch, args.mouth_weight, x.shape[-2:]))
         optimize(opt, loss, model.parameters())
         per_step[i] = 0.9 * per_step[i] + 0.1 * loss.item() if per_step[i] else loss.item()
         step += 1

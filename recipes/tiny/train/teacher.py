@@ -6,7 +6,8 @@ Windows of 2 blocks (6 latent frames = 24 video frames) of a clip at one noise l
 frame attending every frame of the window plus the conditioning (reference + motion latents,
 rotated at each block's sink position, as the runtime places them), and the window's audio.
 10 % of samples get silent audio so the teacher can be guided on audio when it writes the
-student's ODE targets. Loss: MSE between predicted and true velocity (noise - x0).
+student's ODE targets. Loss: MSE between predicted and true velocity (noise - x0), the latents of the mouth box
+weighted `--mouth-weight` times (lip sync lives there).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import argparse
 import numpy as np
 import torch
 from .common import Budget, LossLog, Progress, cosine_lr, load_ckpt, optimize, save_ckpt, stage_dir
-from .data import Prepped
+from .data import Prepped, loss_weights, weighted_mse
 from .dit_common import Conditioner, build_dit, noisy, sample_sigma
 from .dit_forward import Placement
 
@@ -29,6 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--blocks", type=int, default=2)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--audio-drop", type=float, default=0.1)
+    ap.add_argument("--mouth-weight", type=float, default=4.0, help="loss weight of the mouth-box latents")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
         text_kv, cond, audio = cond_fn(batch, drop)
         t = (sigma * 1000).view(B, 1).expand(B, Fw)
         v = cond_fn.fwd.velocity(xt, t, cond, text_kv, audio, Placement.sample(rng, args.blocks), causal=False)
-        loss = (v.float() - (noise - x0)).square().mean()
+        loss = weighted_mse(v.float() - (noise - x0), loss_weights(batch, args.mouth_weight, x0.shape[-2:]))
         optimize(opt, loss, model.parameters())
         step += 1
         progress.tick(step, {"loss": f"{loss.item():.4f}"}, loss=loss.item())
