@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--image", required=True, help="reference portrait (png/jpg/webp/...)")
     g.add_argument("--audio", required=True, help="speech audio file (wav/mp3/flac/m4a/...)")
     g.add_argument("--out", required=True, help="output .mp4 path")
-    g.add_argument("--model", default="tiny", help="'tiny' or a published-layout model directory")
+    g.add_argument("--model", default="tiny", help="'tiny', a tiny model file (.safetensors) or a published-layout model directory")
     g.add_argument("--prompt", default=None, help="text prompt (models with a umT5 encoder; not the tiny preset)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default="cpu")

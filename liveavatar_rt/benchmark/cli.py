@@ -15,7 +15,7 @@ from .e2e import EXAMPLE, BenchConfig
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", "--model", dest="model", default="tiny",
-                   help="preset name ('tiny') or a published-layout model directory")
+                   help="preset name ('tiny'), a tiny model file (.safetensors) or a published-layout model directory")
     p.add_argument("--blocks", type=int, default=BenchConfig.blocks, help="blocks of 12 frames to stream")
     p.add_argument("--warmup", type=int, default=BenchConfig.warmup, help="first blocks left out of steady state")
     p.add_argument("--layout", default="1", help="'1' (one process) or a TPP layout: '4+1', '2+1', '2', ...")

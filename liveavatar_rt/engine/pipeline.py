@@ -68,12 +68,18 @@ class Pipeline:
     def from_pretrained(cls, name_or_path: str | os.PathLike = "tiny", device: str = "cpu",
                         dtype: torch.dtype = torch.bfloat16, seed: int = 0, force_provider=None,
                         quiet: bool = False) -> "Pipeline":
-        """'tiny' (packaged weights, or seeded random ones until trained weights ship) or a
-        directory in the published layout (DiT shards + index json, liveavatar.safetensors LoRA,
-        Wan2.1_VAE.pth)."""
+        """'tiny' (packaged weights, or seeded random ones until trained weights ship), a tiny
+        single-file model (`*.safetensors` written by `liveavatar_rt.io.tiny.save_tiny`, e.g. a
+        candidate from recipes/tiny/train/export.py --out), or a directory in the published
+        layout (DiT shards + index json, liveavatar.safetensors LoRA, Wan2.1_VAE.pth)."""
         ops = OpTable(device, dtype, force=force_provider)
         if str(name_or_path) == "tiny":
             return cls._tiny(ops, device, dtype, seed, quiet)
+        if Path(name_or_path).is_file():
+            from ..io.tiny import load_tiny
+
+            model, vae, _ = load_tiny(name_or_path, ops)  # names a non-tiny file in its error
+            return cls(model, vae, max_area=TINY_MAX_AREA, note="")
         return cls._from_directory(Path(name_or_path), ops, device, dtype, quiet)
 
     @classmethod

@@ -18,7 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", default="out/eval.json", help="JSON summary (trend per metric, verdicts, rows)")
     p.add_argument("--csv", default=None, help="per-window CSV (default: the JSON path with .csv)")
     p.add_argument("--plot", default=None, help="PNG, one panel per metric (default: the JSON path with .png)")
-    p.add_argument("--model", default="tiny", help="'tiny' or a published-layout model directory")
+    p.add_argument("--model", default="tiny", help="'tiny', a tiny model file (.safetensors) or a published-layout model directory")
     p.add_argument("--identity", default=None, help="identity name from the manifest (default: the first)")
     p.add_argument("--clips", default=str(DEFAULT_DIR), help="clip set directory holding manifest.json")
     p.add_argument("--window", type=float, default=30.0, help="seconds of video per metrics window")

@@ -14,7 +14,7 @@ from .config import MiB, ServeConfig
 def add_parser(sub) -> argparse.ArgumentParser:
     d = ServeConfig()
     p = sub.add_parser("serve", help="real-time streaming server + web page (audio in, avatar video out)")
-    p.add_argument("--model", default="tiny", help="'tiny' or a published-layout model directory")
+    p.add_argument("--model", default="tiny", help="'tiny', a tiny model file (.safetensors) or a published-layout model directory")
     p.add_argument("--host", default=d.host, help="bind address (default loopback; 0.0.0.0 exposes the server)")
     p.add_argument("--port", type=int, default=d.port)
     p.add_argument("--tpp", default=None, metavar="LAYOUT",

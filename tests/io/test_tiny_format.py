@@ -69,3 +69,18 @@ def test_pipeline_uses_the_bundled_file(tmp_path, monkeypatch):
     rnd = pipeline_mod.Pipeline.from_pretrained("tiny", dtype=torch.float32, quiet=True)
     assert "random weights" in rnd.note
     assert not np.allclose(rnd.model.head.head.weight.numpy(), pipe.model.head.head.weight.numpy())
+
+
+def test_pipeline_loads_a_tiny_file_by_path(tmp_path):
+    model, vae, vcfg = _random_pair(seed=5)
+    path = tmp_path / "candidate.safetensors"
+    save_tiny(path, model.state_dict(), vae.state_dict(), vcfg)
+    pipe = pipeline_mod.Pipeline.from_pretrained(path, dtype=torch.float32, quiet=True)
+    assert torch.equal(pipe.model.head.head.weight, model.head.head.weight.bfloat16().float())
+    assert pipe.vae.config.latent_std == pytest.approx(vcfg.latent_std)
+    other = tmp_path / "other.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(2)}, str(other))
+    with pytest.raises(ValueError, match="not a liveavatar_rt tiny model file"):
+        pipeline_mod.Pipeline.from_pretrained(other, quiet=True)
