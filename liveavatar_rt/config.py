@@ -104,8 +104,14 @@ class StreamConfig:
     num_train_timesteps: int = 1000
     sink_offset_range: tuple[int, int] = (4, 30)
     fps: int = 25
+    # Capture each owned denoising step once per session shape as a CUDA graph and replay it per
+    # block (engine/graphs.py). None: on where the model runs on CUDA, off elsewhere; True on a
+    # non-CUDA device is an error when a stepper is built; False: always eager.
+    cuda_graphs: bool | None = None
 
     def __post_init__(self) -> None:
+        if self.cuda_graphs is not None and not isinstance(self.cuda_graphs, bool):
+            raise ValueError(f"cuda_graphs must be True, False or None (auto), got {self.cuda_graphs!r}")
         if self.cache_frames % self.frames_per_block:
             raise ValueError(f"cache_frames {self.cache_frames} must be a multiple of frames_per_block {self.frames_per_block}")
         lo, hi = self.sink_offset_range

@@ -17,11 +17,12 @@ from __future__ import annotations
 import torch
 
 
-def _fp32_tables(rope: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """RoPE tables as fp32 [L, D/2], the form the fused providers take. The tables hold
-    fp32-rounded values (model/rope.py), so this is exact, and the references, which promote
-    them to float64, compute the same values from either form."""
-    return tuple(t if t.dtype == torch.float32 else t.float() for t in rope)
+def _fp32_tables(rope: tuple[torch.Tensor, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """RoPE tables as fp32 [L, D/2] on `device`, the form the fused providers take. The tables
+    hold fp32-rounded values (model/rope.py), so this is exact, and the references, which
+    promote them to float64, compute the same values from either form. (model/rope.py builds
+    them on the host; on CPU the move is a no-op.)"""
+    return tuple(t.to(device=device, dtype=torch.float32) for t in rope)
 
 
 class _PrefillAttend:
@@ -31,14 +32,19 @@ class _PrefillAttend:
         self.cache, self.layer, self.rope, self.ops = cache, layer, rope, ops
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        ops, (cos, sin) = self.ops, self.rope
-        self.cache.k[self.layer], self.cache.v[self.layer] = k, v
+        ops, (cos, sin) = self.ops, (t.to(q.device) for t in self.rope)
+        self.cache.store(self.layer, k, v)
         return ops.attention(ops.rope_apply(q, cos, sin), ops.rope_apply(k, cos, sin), v)
 
     def raw(self, q, k, v, wq, wk, eps: float, num_heads: int) -> torch.Tensor:
-        q_rot, k_rot, k_normed = self.ops.qk_norm_rope(q, k, wq, wk, eps, *_fp32_tables(self.rope), num_heads)
-        self.cache.k[self.layer], self.cache.v[self.layer] = k_normed, v
+        q_rot, k_rot, k_normed = self.ops.qk_norm_rope(q, k, wq, wk, eps, *_fp32_tables(self.rope, q.device),
+                                                       num_heads)
+        self.cache.store(self.layer, k_normed, v)
         return self.ops.attention(q_rot, k_rot, v)
+
+
+def _same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device
 
 
 class CondCache:
@@ -49,6 +55,18 @@ class CondCache:
     @property
     def ready(self) -> bool:
         return all(k is not None for k in self.k)
+
+    def store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Keep layer `layer`'s K/V ([B, Lc, H, D]). At inference (no autograd), a re-prefill of
+        the same shape (the sink replacement) copies into the tensors already there: a captured
+        CUDA graph reads them by address (engine/graphs.py)."""
+        old_k, old_v = self.k[layer], self.v[layer]
+        if (not torch.is_grad_enabled() and old_k is not None and old_v is not None
+                and _same_layout(old_k, k) and _same_layout(old_v, v)):
+            old_k.copy_(k)
+            old_v.copy_(v)
+        else:
+            self.k[layer], self.v[layer] = k, v
 
     def prefill_attend(self, layer: int, cos: torch.Tensor, sin: torch.Tensor, ops) -> _PrefillAttend:
         """Attend for the prefill pass (cos/sin: [Lc, D/2] at the cond tokens' positions): store
@@ -119,7 +137,7 @@ class RingCache:
             return hit[1]
         if len(self._tables) >= 4:
             self._tables.clear()
-        out = _fp32_tables(rope)
+        out = _fp32_tables(rope, self.k.device)
         self._tables[id(rope)] = (rope, out)
         return out
 
@@ -127,6 +145,7 @@ class RingCache:
         """Re-rotate every stored key by one more RoPE angle (cos/sin: [1, head_dim/2], the same
         for all tokens): used to rebase time positions, R(p - P) = R(-P) R(p)."""
         L, B, N, H, D = self.k.shape
+        cos, sin = cos.to(self.k.device), sin.to(self.k.device)
         flat = self.k.reshape(L * B, N, H, D)
         self.k.copy_(ops.rope_apply(flat, cos.expand(N, -1), sin.expand(N, -1)).reshape(self.k.shape))
 

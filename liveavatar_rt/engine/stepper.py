@@ -6,6 +6,10 @@ for each owned step i: forward with cache i, Euler update. Shortcuts against the
 (each checked against the straightforward computation in tests): the text cross-attention K/V
 and the block's audio tokens are computed once instead of once per forward, and the
 conditioning prefill runs once instead of once per step cache.
+
+CUDA graphs (`StreamConfig.cuda_graphs`, engine/graphs.py): once a step's ring is full, the
+step's forward + Euler update is captured once and replayed per block; earlier blocks, and
+every block on CPU, run the eager path below.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from ..cache import CondCache, RingCache
 from ..config import StreamConfig
 from ..model import CausalWanS2V
 from ..model.rope import motion_positions, noisy_positions, ref_positions, rope_cos_sin
+from .graphs import StepGraphs, use_cuda_graphs
 from .positions import PositionPolicy, SinkOffsets, ref_time
 from .sampler import euler_step, flow_schedule
 
@@ -43,6 +48,7 @@ class BlockStepper:
         self.positions = positions or PositionPolicy()
         self._rebased = {i: 0 for i in self.steps}  # periods already subtracted, per step cache
         self._motion_pos = motion_positions(self.h // 2, self.w // 2, cfg.zip_frame_buckets)
+        self.graphs = StepGraphs(self) if use_cuda_graphs(stream.cuda_graphs, ops.device) else None
 
     # ---- session state ------------------------------------------------------------------
     def set_text(self, text: torch.Tensor) -> None:
@@ -68,31 +74,50 @@ class BlockStepper:
         return self.model.audio_tokens(features.to(self.model.ops.device), s.audio_prefix_frames, s.motion_latent_frames)
 
     # ---- one step / one block -----------------------------------------------------------
-    def velocity(self, step: int, x: torch.Tensor, block: int, audio, cond_states: torch.Tensor) -> torch.Tensor:
-        """The model output of denoising step `step` for block `block` (writes cache `step`)."""
+    def ring_start(self, block: int, frames: int) -> int:
+        """Token index of the block in its ring: ring slots follow the absolute stream position."""
+        return block * frames * self.tokens_per_frame
+
+    def block_inputs(self, step: int, block: int, frames: int) -> tuple[int, tuple, tuple]:
+        """The per-block Python-side inputs of step `step`: (ring start, q RoPE tables [n, D/2],
+        cond RoPE tables [Lc, D/2]). Rebases the step's ring first when the block crosses the
+        position limit (an in-place rotation of the stored keys)."""
         if not self.cond.ready:
             raise RuntimeError("prefill() must run before denoising")
-        Fr = x.shape[2]
-        f0 = block * Fr
-        ring, ops = self.rings[step], self.model.ops
-        k = self.positions.rebases(f0, Fr)
+        f0 = block * frames
+        k = self.positions.rebases(f0, frames)
         if k != self._rebased[step]:
             # keys already in the ring were rotated at the old base: move them to the new one
             shift = torch.tensor([[-(k - self._rebased[step]) * self.positions.period, 0, 0]])
-            ring.rotate(*rope_cos_sin(shift, self.cfg), ops)
+            self.rings[step].rotate(*rope_cos_sin(shift, self.cfg), self.model.ops)
             self._rebased[step] = k
         fe = f0 - k * self.positions.period  # the time position the block's tokens use
-        q_rope = rope_cos_sin(noisy_positions(fe, Fr, self.h // 2, self.w // 2), self.cfg)
+        q_rope = rope_cos_sin(noisy_positions(fe, frames, self.h // 2, self.w // 2), self.cfg)
         cond_rope = self._cond_rope(ref_time(fe, self.offsets(block, step), self.cfg.ref_time_index))
-        start = f0 * self.tokens_per_frame  # ring slots follow the absolute stream position
-        t = self.timesteps[step].expand(x.shape[0], Fr)
+        return self.ring_start(block, frames), q_rope, cond_rope
+
+    def velocity(self, step: int, x: torch.Tensor, block: int, audio, cond_states: torch.Tensor) -> torch.Tensor:
+        """The model output of denoising step `step` for block `block` (writes cache `step`); eager."""
+        Fr = x.shape[2]
+        start, q_rope, cond_rope = self.block_inputs(step, block, Fr)
+        ring, ops = self.rings[step], self.model.ops
+        t = self.timesteps[step].expand(x.shape[0], Fr).to(ops.device)
         return self.model.forward_block(
             x, t, cond_states, self.text_kv, audio,
             lambda i: ring.attend(i, start, q_rope, self.cond, cond_rope, ops))
 
-    def step(self, step: int, x: torch.Tensor, block: int, audio, cond_states: torch.Tensor) -> torch.Tensor:
+    def _step(self, step: int, x: torch.Tensor, block: int, audio, cond_states: torch.Tensor,
+              keep_v: bool = False) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(velocity or None, next latent): a graph replay once the step's graph applies, else eager."""
+        if self.graphs is not None:
+            out = self.graphs.run(step, x, block, audio, cond_states, keep_v)
+            if out is not None:
+                return out
         v = self.velocity(step, x, block, audio, cond_states)
-        return euler_step(x, v, self.sigmas[step], self.sigmas[step + 1])
+        return v, euler_step(x, v, self.sigmas[step], self.sigmas[step + 1])
+
+    def step(self, step: int, x: torch.Tensor, block: int, audio, cond_states: torch.Tensor) -> torch.Tensor:
+        return self._step(step, x, block, audio, cond_states)[1]
 
     def denoise(self, noise: torch.Tensor, block: int, features: torch.Tensor,
                 cond_states: torch.Tensor | None = None, trace: list | None = None,
@@ -109,8 +134,7 @@ class BlockStepper:
             timings["audio_encoder"] = time.perf_counter() - t0
         for i in self.steps:
             t0 = time.perf_counter()
-            v = self.velocity(i, x, block, audio, cond_states)
-            x = euler_step(x, v, self.sigmas[i], self.sigmas[i + 1])
+            v, x = self._step(i, x, block, audio, cond_states, keep_v=trace is not None)
             if timings is not None:
                 timings[f"step{i}"] = time.perf_counter() - t0
             if trace is not None:

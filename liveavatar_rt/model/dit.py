@@ -32,7 +32,8 @@ def sinusoidal_embedding(dim: int, t: torch.Tensor) -> torch.Tensor:
     """t: [N] -> float64 [N, dim] = [cos(t w), sin(t w)], w = 10000^(-i/(dim/2)), in float64."""
     half = dim // 2
     pos = t.to(torch.float64)
-    ang = torch.outer(pos, torch.pow(10000, -torch.arange(half).to(pos).div(half)))
+    # arange made on t's device (same integer values): a CUDA graph cannot capture a host copy
+    ang = torch.outer(pos, torch.pow(10000, -torch.arange(half, dtype=pos.dtype, device=pos.device).div(half)))
     return torch.cat([ang.cos(), ang.sin()], dim=1)
 
 
@@ -140,7 +141,7 @@ class CausalWanS2V(nn.Module):
         """The t = 0 conditioning pass (differentiable); `attend(layer)` sees each layer's
         q/k/v of the conditioning tokens. Returns the last hidden states [B, Lc, C]."""
         x = self.cond_tokens(ref_latent, motion)
-        _, e0 = self.time_embed(torch.zeros(x.shape[0], 1))
+        _, e0 = self.time_embed(torch.zeros(x.shape[0], 1, device=x.device))
         for i, blk in enumerate(self.blocks):
             x = blk(x, e0, text_kv[i], attend(i))
         return x
