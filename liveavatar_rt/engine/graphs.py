@@ -66,8 +66,11 @@ class StepGraph:
     [B, F, 1, C]; q_cos/q_sin fp32 [F*S, D/2]; c_cos/c_sin fp32 [Lc, D/2]; slots int64 [F*S].
     Outputs: (velocity, next latent), both [B, 16, F, h, w]."""
 
-    def __init__(self, stepper, step: int, key: tuple, x: torch.Tensor, audio, valid: int):
-        self.st, self.step, self.key, self.valid = stepper, step, key, valid
+    def __init__(self, stepper, step: int, key: tuple, x: torch.Tensor, audio, cond_states: torch.Tensor,
+                 valid: int):
+        # no reference to the stepper itself: it holds this, and a cycle would keep its caches
+        # alive after Session.close() until the garbage collector runs
+        self.model, self.key, self.valid = stepper.model, key, valid
         self.ops, self.ring = stepper.model.ops, stepper.rings[step]
         dev = self.ring.k.device
         B, _, Fr = x.shape[:3]
@@ -75,7 +78,7 @@ class StepGraph:
         # held, not only addressed: the graph reads them, so they must outlive it
         self.text_kv = stepper.text_kv
         self.cond_k, self.cond_v = list(stepper.cond.k), list(stepper.cond.v)
-        self.x, self.cond_states = torch.empty_like(x), torch.empty_like(x)
+        self.x, self.cond_states = torch.empty_like(x), torch.empty_like(cond_states)
         self.tokens, self.glob = (torch.empty_like(a) for a in audio)
         self.q_cos, self.q_sin = (torch.empty(n, half, dtype=torch.float32, device=dev) for _ in range(2))
         lc = self.cond_k[0].shape[1]
@@ -105,16 +108,17 @@ class StepGraph:
         """The step on the static buffers: forward (writes the ring slot) + Euler update. It is
         idempotent for a block (it rewrites the same slot with the same K/V), which is what
         lets the warm-up run double as the block's result."""
-        v = self.st.model.forward_block(self.x, self.t, self.cond_states, self.text_kv, (self.tokens, self.glob),
+        v = self.model.forward_block(self.x, self.t, self.cond_states, self.text_kv, (self.tokens, self.glob),
                                         lambda i: _StaticAttend(self, i))
         return v, euler_step(self.x, v, self.sigma, self.sigma_next)
 
-    def capture(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Warm up on a side stream (that run is this block's result), then capture. CUDA only."""
+    def capture(self, side) -> tuple[torch.Tensor, torch.Tensor]:
+        """Warm up on the side stream `side` (that run is this block's result), then capture
+        there. CUDA only."""
         dev = self.x.device
         if dev.type != "cuda" or not torch.cuda.is_available():
             raise RuntimeError(f"CUDA graph capture needs a CUDA device, the step runs on {dev}")
-        main, side = torch.cuda.current_stream(dev), torch.cuda.Stream(dev)
+        main = torch.cuda.current_stream(dev)
         side.wait_stream(main)
         with torch.cuda.stream(side):
             out = self.forward()  # lazy per-stream state (cuBLAS workspace, Triton JIT) before capture
@@ -144,36 +148,37 @@ class StepGraphs:
     """The stepper's step graphs, one per owned step, built on first use and rebuilt when the
     session shape changes. `capture=False` runs the static formulation uncaptured (CPU tests)."""
 
-    def __init__(self, stepper, capture: bool = True):
-        dev = stepper.model.ops.device
+    def __init__(self, device, capture: bool = True):
+        dev = torch.device(device)
         if capture and not (dev.type == "cuda" and torch.cuda.is_available()):
             raise RuntimeError(f"CUDA graphs need a CUDA device, the model runs on {dev}")
-        self.st, self.capture = stepper, capture
+        self.capture = capture
         self.graphs: dict[int, StepGraph] = {}
+        self._side = None  # the capture stream, one per stepper: warm-up memory stays cached on it
         self.builds = 0  # static states built (on CUDA: captures)
         self.static_runs = 0  # steps computed by the static formulation (replayed or not)
 
-    def _key(self, x: torch.Tensor, audio) -> tuple:
-        st = self.st
-        return (tuple(x.shape), x.dtype, *((tuple(a.shape), a.dtype) for a in audio),
+    @staticmethod
+    def _key(st, x: torch.Tensor, audio, cond_states: torch.Tensor) -> tuple:
+        return (*((tuple(t.shape), t.dtype) for t in (x, cond_states, *audio)),
                 id(st.text_kv), tuple(map(id, st.cond.k)), tuple(map(id, st.cond.v)))
 
-    def run(self, step: int, x: torch.Tensor, block: int, audio, cond_states: torch.Tensor,
+    def run(self, st, step: int, x: torch.Tensor, block: int, audio, cond_states: torch.Tensor,
             keep_v: bool = False) -> tuple[torch.Tensor | None, torch.Tensor] | None:
-        """(velocity or None, next latent) of `step` for `block`, or None while the step's ring
-        is not yet full (the caller runs the eager path). Outputs are the caller's own tensors."""
-        st = self.st
+        """(velocity or None, next latent) of stepper `st`'s step `step` for `block`, or None
+        while the step's ring is not yet full (the caller runs the eager path). Outputs are the
+        caller's own tensors."""
         Fr, ring = x.shape[2], st.rings[step]
         n = Fr * st.tokens_per_frame
         _, valid = ring.window(st.ring_start(block, Fr), n)
         if valid != ring.capacity:
             return None
         start, q_rope, cond_rope = st.block_inputs(step, block, Fr)
-        key = self._key(x, audio)
+        key = self._key(st, x, audio, cond_states)
         g = self.graphs.get(step)
         if g is None or g.key != key:
             self.graphs.pop(step, None)  # drops the old graph (and its memory pool) before a new capture
-            g = self.graphs[step] = StepGraph(st, step, key, x, audio, valid)
+            g = self.graphs[step] = StepGraph(st, step, key, x, audio, cond_states, valid)
             self.builds += 1
         g.fill(x, audio, cond_states, start, q_rope, cond_rope)
         self.static_runs += 1
@@ -181,7 +186,9 @@ class StepGraphs:
             v, x_next = g.forward()
             return (v if keep_v else None), x_next
         if g.graph is None:
-            v, x_next = g.capture()
+            if self._side is None:
+                self._side = torch.cuda.Stream(x.device)
+            v, x_next = g.capture(self._side)
             return (v if keep_v else None), x_next
         v, x_next = g.replay()
         # the static outputs are overwritten by the next replay: hand out copies

@@ -48,7 +48,7 @@ class BlockStepper:
         self.positions = positions or PositionPolicy()
         self._rebased = {i: 0 for i in self.steps}  # periods already subtracted, per step cache
         self._motion_pos = motion_positions(self.h // 2, self.w // 2, cfg.zip_frame_buckets)
-        self.graphs = StepGraphs(self) if use_cuda_graphs(stream.cuda_graphs, ops.device) else None
+        self.graphs = StepGraphs(ops.device) if use_cuda_graphs(stream.cuda_graphs, ops.device) else None
 
     # ---- session state ------------------------------------------------------------------
     def set_text(self, text: torch.Tensor) -> None:
@@ -110,7 +110,7 @@ class BlockStepper:
               keep_v: bool = False) -> tuple[torch.Tensor | None, torch.Tensor]:
         """(velocity or None, next latent): a graph replay once the step's graph applies, else eager."""
         if self.graphs is not None:
-            out = self.graphs.run(step, x, block, audio, cond_states, keep_v)
+            out = self.graphs.run(self, step, x, block, audio, cond_states, keep_v)
             if out is not None:
                 return out
         v = self.velocity(step, x, block, audio, cond_states)

@@ -3,11 +3,15 @@ bit (CPU, uncaptured: the proof that what gets captured computes the same thing)
 `cuda_graphs` switch, and capture + replay against eager (GPU only; skipped here)."""
 from __future__ import annotations
 
+import gc
+import weakref
+
+import numpy as np
 import pytest
 import torch
 
 from liveavatar_rt.config import StreamConfig, from_name
-from liveavatar_rt.engine import BlockStepper, PositionPolicy, SinkOffsets
+from liveavatar_rt.engine import BlockStepper, Pipeline, PositionPolicy, SinkOffsets
 from liveavatar_rt.engine.graphs import StepGraphs, use_cuda_graphs
 from liveavatar_rt.model import CausalWanS2V
 from liveavatar_rt.model.init import init_random_
@@ -17,7 +21,7 @@ from .conftest import block_inputs, make_stepper
 
 # Tiny preset, 8x8 latent: a block is 3 frames = 48 tokens, the ring 12 frames = 4 blocks, so
 # blocks 0-2 fill the ring (eager), block 3 is the first static one, block 4 wraps to slot 0.
-# Positions rebase by 12 frames once a block reaches frame 24: at block 7 (and again at 11).
+# Positions rebase by 12 frames once a block passes frame 24: at block 8 (frames 24-26).
 POLICY = PositionPolicy("bounded", limit=24, period=12)
 BLOCKS = 10
 SINK_BLOCK = 4  # the sink replacement: a re-prefill with block 0's first latent frame, as Session does
@@ -52,7 +56,7 @@ def run_pair(eager: BlockStepper, static: BlockStepper, model, blocks=range(BLOC
 def test_static_steps_equal_eager(dtype):
     model = tiny(dtype)
     eager, static = make_stepper(model, POLICY), make_stepper(model, POLICY)
-    static.graphs = StepGraphs(static, capture=False)
+    static.graphs = StepGraphs("cpu", capture=False)
     run_pair(eager, static, model)
     # the static path ran every step of every block from the one that fills the ring on, built
     # once per step: the sink re-prefill kept the conditioning K/V addresses (CondCache.store)
@@ -74,7 +78,7 @@ def test_step_api_from_mid_stream_and_rebuild_on_new_text():
     for st in (a, b):
         st.set_text(text)
         st.prefill(ref, motion)
-    b.graphs = StepGraphs(b, capture=False)
+    b.graphs = StepGraphs("cpu", capture=False)
     text = torch.randn(7, model.cfg.text_dim, generator=torch.Generator().manual_seed(5))
     for n in range(20, 24):
         if n == 22:
@@ -88,6 +92,50 @@ def test_step_api_from_mid_stream_and_rebuild_on_new_text():
             xb = b.step(i, xb, n, b.audio(feats), cond)
             assert torch.equal(xa, xb), f"block {n} step {i}"
     assert b.graphs.static_runs == 2 * 4 and b.graphs.builds == 2 * 2
+
+
+def test_session_with_static_steps_equals_eager():
+    """The wiring through Session (what a CUDA session runs, uncaptured here): 5 blocks of the
+    bundled tiny model, across the ring filling up and the sink replacement, same video."""
+    pipe = Pipeline.from_pretrained("tiny", quiet=True)
+    pipe.max_area = 64 * 64  # 8x8 latent
+    rng = np.random.default_rng(0)
+    face = rng.integers(0, 256, (80, 72, 3), dtype=np.uint8)
+    pcm = (0.3 * np.sin(np.arange(int(2.2 * 16000)) * 0.07) + 0.02 * rng.standard_normal(int(2.2 * 16000))).astype(np.float32)
+
+    def run(static: bool):
+        with pipe.session(face, seed=3) as sess:
+            if static:
+                sess.stepper.graphs = StepGraphs("cpu", capture=False)
+            sess.push_audio(pcm, 16000)
+            sess.end_audio()
+            blocks = list(sess.frames())
+            g = sess.stepper.graphs
+            return blocks, ((g.static_runs, g.builds) if static else None)
+
+    (eager, _), (static, counts) = run(False), run(True)
+    assert len(eager) == len(static) == 5 and counts == (STEPS * 2, STEPS)  # blocks 3 and 4, one build
+    for a, b in zip(eager, static):
+        assert torch.equal(a.latent, b.latent) and np.array_equal(a.video, b.video), f"block {a.index}"
+
+
+def test_stepper_with_static_steps_is_freed_by_refcount():
+    """Session.close() drops its stepper to free the caches at once: the graphs must not form a
+    reference cycle with the stepper (that would wait for the garbage collector)."""
+    model = tiny(torch.float32)
+    st = make_stepper(model)
+    st.graphs = StepGraphs("cpu", capture=False)
+    for n in range(5):
+        noise, feats = block_inputs(model, n)
+        st.denoise(noise, n, feats)
+    assert st.graphs.builds == STEPS
+    ref = weakref.ref(st.rings[0].k)
+    gc.disable()
+    try:
+        del st
+        assert ref() is None
+    finally:
+        gc.enable()
 
 
 def test_cuda_graphs_switch():
@@ -107,7 +155,7 @@ def test_cuda_graphs_switch():
     with pytest.raises(ValueError, match="needs a CUDA device"):
         BlockStepper(model, StreamConfig(cuda_graphs=True), (8, 8))  # forced on where it cannot work
     with pytest.raises(RuntimeError, match="CUDA graphs need a CUDA device"):
-        StepGraphs(BlockStepper(model, StreamConfig(), (8, 8)), capture=True)
+        StepGraphs("cpu", capture=True)
 
 
 # ---- GPU: capture + replay against eager (skipped without CUDA, see tests/conftest.py) -------------
