@@ -11,6 +11,8 @@ weights for the tiny preset). A failing ring never hangs the caller: ranks end w
 """
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import socket
 import sys
@@ -36,6 +38,7 @@ class RingConfig:
     timeout: float = 30.0
     init_timeout: float = 120.0
     threads: int = 1  # torch threads per spawned rank
+    cuda_graphs: bool | None = None  # StreamConfig.cuda_graphs on every rank (None: on where CUDA)
     fault: dict = field(default_factory=dict)  # test hook, see worker.RankOptions
 
 
@@ -51,6 +54,8 @@ def _load(cfg: RingConfig, device: str):
     pipe = Pipeline.from_pretrained(cfg.model, device=device, dtype=cfg.dtype, seed=cfg.seed, quiet=True)
     if cfg.max_area is not None:
         pipe.max_area = cfg.max_area
+    if cfg.cuda_graphs is not None:
+        pipe.stream = dataclasses.replace(pipe.stream, cuda_graphs=cfg.cuda_graphs)
     return pipe
 
 

@@ -186,3 +186,10 @@ def test_cuda_graph_recaptures_on_new_text():
     graphs.set_text(text)
     run_pair(eager, graphs, model, range(6, 9))
     assert graphs.graphs.builds == 2 * STEPS
+
+
+def test_ring_config_switch_reaches_each_ranks_stream_config():
+    from liveavatar_rt.parallel.launch import RingConfig, _load
+
+    assert _load(RingConfig(cuda_graphs=False), "cpu").stream.cuda_graphs is False
+    assert _load(RingConfig(), "cpu").stream.cuda_graphs is None  # auto unless told
