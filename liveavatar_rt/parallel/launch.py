@@ -134,7 +134,7 @@ class LocalRing(FrontRing):
 def spawn_local(layout: str | Layout = "4+1", model: str = "tiny", seed: int = 0,
                 dtype: torch.dtype = torch.bfloat16, max_area: int | None = None, timeout: float = 30.0,
                 init_timeout: float = 120.0, threads: int = 1, fault: dict | None = None,
-                start_method: str = "spawn") -> LocalRing:
+                start_method: str = "spawn", cuda_graphs: bool | None = None) -> LocalRing:
     """Start ranks 1..W-1 as child processes (gloo on 127.0.0.1); this process becomes rank 0
     (the front). Returns the ring (a context manager); its session() gives TPPSessions.
 
@@ -143,7 +143,7 @@ def spawn_local(layout: str | Layout = "4+1", model: str = "tiny", seed: int = 0
     a ring several times faster; use it only from a process that has not started CUDA or
     OpenMP worker threads (e.g. torch.set_num_threads(1) before any work)."""
     lay = Layout.parse(layout)
-    cfg = RingConfig(model, seed, dtype, max_area, timeout, init_timeout, threads, dict(fault or {}))
+    cfg = RingConfig(model, seed, dtype, max_area, timeout, init_timeout, threads, dict(fault or {}), cuda_graphs)
     if start_method == "fork" and torch.cuda.is_available():
         raise ValueError("start_method='fork' cannot be used with CUDA: use 'spawn'")
     port = free_port()

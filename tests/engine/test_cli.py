@@ -43,3 +43,34 @@ def test_generate_tpp_delegates_to_the_ring_launcher(monkeypatch):
     argv = seen["argv"]
     assert argv[argv.index("--layout") + 1] == "2+1" and argv[argv.index("--seed") + 1] == "7"
     assert argv[argv.index("--image") + 1] == "a.png" and argv[argv.index("--out") + 1] == "c.mp4"
+    assert argv[argv.index("--cuda-graphs") + 1] == "auto"
+
+
+def test_cuda_graphs_on_without_cuda_is_a_clear_error(tmp_path):
+    import pytest
+
+    with pytest.raises(ValueError, match="cuda_graphs=True needs a CUDA device"):
+        main(["generate", "--image", str(REPO / "assets/example/portrait.png"),
+              "--audio", str(REPO / "assets/example/speech.wav"), "--out", str(tmp_path / "o.mp4"),
+              "--cuda-graphs", "on"])
+
+
+def test_tpp_cli_passes_the_graph_switch_to_every_rank(monkeypatch):
+    import liveavatar_rt.parallel.__main__ as tpp
+
+    seen = {}
+
+    class Ring:
+        def __enter__(self):
+            raise SystemExit(0)
+
+        def __exit__(self, *a):
+            return False
+
+    monkeypatch.setattr(tpp, "spawn_local", lambda layout, **kw: seen.update(kw) or Ring())
+    monkeypatch.delenv("RANK", raising=False)
+    try:
+        tpp.main(["--image", "a.png", "--audio", "b.wav", "--out", "c.mp4", "--cuda-graphs", "off"])
+    except SystemExit:
+        pass
+    assert seen["cuda_graphs"] is False
