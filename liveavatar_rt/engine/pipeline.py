@@ -63,6 +63,7 @@ class Pipeline:
         self.dtype = model.ops.dtype
         self.default_text = default_text if default_text is not None else torch.zeros(1, model.cfg.text_dim, dtype=self.dtype)
         self.note = note  # shown to users (e.g. "random weights")
+        self.weights: dict = {}  # where the weights came from (tiny files: path, sha256, training info)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike = "tiny", device: str = "cpu",
@@ -76,11 +77,20 @@ class Pipeline:
         if str(name_or_path) == "tiny":
             return cls._tiny(ops, device, dtype, seed, quiet)
         if Path(name_or_path).is_file():
-            from ..io.tiny import load_tiny
-
-            model, vae, _ = load_tiny(name_or_path, ops)  # names a non-tiny file in its error
-            return cls(model, vae, max_area=TINY_MAX_AREA, note="")
+            return cls._tiny_file(Path(name_or_path), ops)  # a non-tiny file is named in the error
         return cls._from_directory(Path(name_or_path), ops, device, dtype, quiet)
+
+    @classmethod
+    def _tiny_file(cls, path: Path, ops: OpTable) -> "Pipeline":
+        import hashlib
+
+        from ..io.tiny import load_tiny
+
+        model, vae, meta = load_tiny(path, ops)
+        pipe = cls(model, vae, max_area=TINY_MAX_AREA, note="")
+        pipe.weights = {"file": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                        "info": meta["info"]}
+        return pipe
 
     @classmethod
     def _tiny(cls, ops: OpTable, device: str, dtype: torch.dtype, seed: int, quiet: bool) -> "Pipeline":
@@ -89,10 +99,7 @@ class Pipeline:
         paths only) seeded random weights, said loudly."""
         ckpt = PACKAGED_WEIGHTS / "tiny.safetensors"
         if ckpt.is_file() and os.environ.get("LIVEAVATAR_RT_TINY_RANDOM", "") in ("", "0"):
-            from ..io.tiny import load_tiny
-
-            model, vae, meta = load_tiny(ckpt, ops)
-            return cls(model, vae, max_area=TINY_MAX_AREA, note="")
+            return cls._tiny_file(ckpt, ops)
         model = init_random_(CausalWanS2V(from_name("tiny"), ops), seed=seed, device=device)
         vae = WanVAE(TINY_VAE, dtype=dtype, device=device, ops=ops).init_random_(seed)
         note = ("model 'tiny' without trained weights: using seeded random weights "

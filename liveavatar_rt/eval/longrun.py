@@ -104,7 +104,7 @@ class _Window:
 
 def run_eval(cfg: EvalConfig, on_row: Callable[[dict], None] | None = None, log=sys.stderr) -> dict:
     """Run the evaluation; `on_row(row)` sees every window row as soon as it is measured.
-    Returns {"config", "note", "identity", "frames", "drop", "wall_seconds", "rows", "lipsync"}."""
+    Returns {"config", "note", "weights", "identity", "frames", "drop", "wall_seconds", "rows", "lipsync"}."""
     from ..engine import Pipeline
 
     clip_set = load_clip_set(cfg.clips_dir)
@@ -175,6 +175,6 @@ def run_eval(cfg: EvalConfig, on_row: Callable[[dict], None] | None = None, log=
                 close_window(window.take(win_frames))
         if window.count() >= max(2, win_frames // 4):  # a tail of at least a quarter window
             close_window(window.take(window.count()))
-    return {"config": cfg.__dict__, "note": pipe.note, "identity": ident.name, "mouth_box": list(ident.mouth_box),
+    return {"config": cfg.__dict__, "note": pipe.note, "weights": pipe.weights, "identity": ident.name, "mouth_box": list(ident.mouth_box),
             "frames": emitted, "drop": drop, "wall_seconds": time.perf_counter() - t_start, "rows": rows,
             "lipsync": "eval/lipsync.py" if lipsync is not None else "unavailable (eval/lipsync.py missing): r is NaN"}

@@ -75,6 +75,7 @@ def test_truth_is_aligned_with_produced_frames(clip_set, monkeypatch):
     assert res["drop"] == 3 and len(got) == res["frames"] == 150  # > 100 frames: the clips wrap
     np.testing.assert_array_equal(got, truth[3:3 + len(got)])
     assert all(r["lipsync_r"] == 0.0 for r in res["rows"])
+    assert ("sha256" in res["weights"]) == (res["note"] == "")  # trained weights are identified
 
 
 def test_config_errors(clip_set):

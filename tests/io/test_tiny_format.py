@@ -78,6 +78,10 @@ def test_pipeline_loads_a_tiny_file_by_path(tmp_path):
     pipe = pipeline_mod.Pipeline.from_pretrained(path, dtype=torch.float32, quiet=True)
     assert torch.equal(pipe.model.head.head.weight, model.head.head.weight.bfloat16().float())
     assert pipe.vae.config.latent_std == pytest.approx(vcfg.latent_std)
+    import hashlib
+
+    assert pipe.weights["file"] == str(path) and pipe.weights["info"] == {}
+    assert pipe.weights["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     other = tmp_path / "other.safetensors"
     from safetensors.torch import save_file
 
