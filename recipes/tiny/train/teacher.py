@@ -12,6 +12,7 @@ weighted `--mouth-weight` times (lip sync lives there).
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,6 +32,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--audio-drop", type=float, default=0.1)
     ap.add_argument("--mouth-weight", type=float, default=4.0, help="loss weight of the mouth-box latents")
+    ap.add_argument("--init", default=None,
+                    help="warm start: model weights from this teacher ckpt.pt (e.g. a run on an earlier VAE), fresh optimizer")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
@@ -38,7 +41,11 @@ def main(argv: list[str] | None = None) -> None:
     data = Prepped(stage_dir(args.run, "prep"))
     model = build_dit(args.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
-    step = load_ckpt(out / "ckpt.pt", model, opt)["step"] if (out / "ckpt.pt").exists() else 0
+    step = 0
+    if (out / "ckpt.pt").exists():
+        step = load_ckpt(out / "ckpt.pt", model, opt)["step"]
+    elif args.init:
+        load_ckpt(Path(args.init), model)
     rng = np.random.default_rng(args.seed + 7919 * step)
     torch.manual_seed(args.seed + step)
     cond_fn = Conditioner(model)
