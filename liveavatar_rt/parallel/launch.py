@@ -38,8 +38,8 @@ class RingConfig:
     timeout: float = 30.0
     init_timeout: float = 120.0
     threads: int = 1  # torch threads per spawned rank
-    cuda_graphs: bool | None = None  # StreamConfig.cuda_graphs on every rank (None: on where CUDA)
     fault: dict = field(default_factory=dict)  # test hook, see worker.RankOptions
+    cuda_graphs: bool | None = None  # StreamConfig.cuda_graphs on every rank (None: on where CUDA)
 
 
 def _device(local_rank: int) -> str:
@@ -143,7 +143,8 @@ def spawn_local(layout: str | Layout = "4+1", model: str = "tiny", seed: int = 0
     a ring several times faster; use it only from a process that has not started CUDA or
     OpenMP worker threads (e.g. torch.set_num_threads(1) before any work)."""
     lay = Layout.parse(layout)
-    cfg = RingConfig(model, seed, dtype, max_area, timeout, init_timeout, threads, dict(fault or {}), cuda_graphs)
+    cfg = RingConfig(model, seed, dtype, max_area, timeout, init_timeout, threads, dict(fault or {}),
+                     cuda_graphs=cuda_graphs)
     if start_method == "fork" and torch.cuda.is_available():
         raise ValueError("start_method='fork' cannot be used with CUDA: use 'spawn'")
     port = free_port()
