@@ -74,5 +74,11 @@ def test_a_stalled_rank_times_out_and_every_rank_ends(tmp_path):
     assert info["failed_after_s"] < 3 * timeout + 5
     reps = info["reports"]
     for r in ("1", "2", "3", "4"):
-        assert reps[r]["exitcode"] == 1 and "aborted by rank 0 (the pipeline stalled" in reps[r]["error"], reps
+        assert reps[r]["exitcode"] == 1, reps
+    # The abort reaches every rank, but a rank may first see a neighbour that already obeyed it
+    # close its connection (a race of the two messages): either is a clear, bounded end.
+    for r in ("1", "3", "4"):
+        err = reps[r]["error"]
+        assert "aborted by rank 0 (the pipeline stalled" in err or "exited or crashed" in err, reps
+    assert "aborted by rank 0 (the pipeline stalled" in reps["2"]["error"], reps
     assert "while its main thread was busy" in reps["2"]["error"]
