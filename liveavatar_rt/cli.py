@@ -9,6 +9,8 @@ import sys
 
 import torch
 
+from .config import CUDA_GRAPH_CHOICES
+
 
 def _version(pkg: str) -> str:
     try:
@@ -40,9 +42,6 @@ def info(_: argparse.Namespace) -> int:
     return 0
 
 
-GRAPH_CHOICES = {"auto": None, "on": True, "off": False}  # --cuda-graphs -> StreamConfig.cuda_graphs
-
-
 def generate(args: argparse.Namespace) -> int:
     """Stream an avatar video for an image + audio file into an MP4 (H.264 + AAC)."""
     import time
@@ -62,7 +61,7 @@ def generate(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     pipe = Pipeline.from_pretrained(args.model, device=args.device, dtype=dtype, seed=args.seed)
-    pipe.stream = dataclasses.replace(pipe.stream, cuda_graphs=GRAPH_CHOICES[args.cuda_graphs])
+    pipe.stream = dataclasses.replace(pipe.stream, cuda_graphs=CUDA_GRAPH_CHOICES[args.cuda_graphs])
     load_s = time.perf_counter() - t0
     pcm, rate = read_audio(args.audio)
     seconds = len(pcm) / rate
@@ -117,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--tpp", default=None, metavar="LAYOUT",
                    help="timestep-forcing pipeline parallelism over local processes: '4+1' (4 DiT ranks + "
                         "a VAE rank), '2+1', '1+1', or 'R' (VAE on the last DiT rank)")
-    g.add_argument("--cuda-graphs", choices=list(GRAPH_CHOICES), default="auto",
+    g.add_argument("--cuda-graphs", choices=list(CUDA_GRAPH_CHOICES), default="auto",
                    help="replay the denoising steps as CUDA graphs (auto: on CUDA devices; 'on' without CUDA is an error)")
     g.set_defaults(fn=generate)
     from .serve.cli import add_parser as add_serve_parser

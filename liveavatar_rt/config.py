@@ -131,3 +131,7 @@ def from_name(name: str) -> ModelConfig:
         return PRESETS[name]
     except KeyError:
         raise ValueError(f"unknown preset {name!r}; known presets: {sorted(PRESETS)}") from None
+
+
+# CLI spelling of StreamConfig.cuda_graphs (generate, python -m liveavatar_rt.parallel)
+CUDA_GRAPH_CHOICES = {"auto": None, "on": True, "off": False}

@@ -12,6 +12,7 @@ import time
 
 import torch
 
+from ..config import CUDA_GRAPH_CHOICES
 from .launch import RingConfig, run_from_env, spawn_local
 
 
@@ -27,12 +28,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-area", type=int, default=None, help="generation area in pixels (default: the model's)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds any rank may wait without news")
     p.add_argument("--threads", type=int, default=1, help="torch threads per rank (local spawn only)")
-    p.add_argument("--cuda-graphs", choices=list(GRAPH_CHOICES), default="auto",
+    p.add_argument("--cuda-graphs", choices=list(CUDA_GRAPH_CHOICES), default="auto",
                    help="replay each rank's owned steps as CUDA graphs (auto: where CUDA is)")
     return p
 
-
-GRAPH_CHOICES = {"auto": None, "on": True, "off": False}  # -> StreamConfig.cuda_graphs
 
 
 def _write(args, ring) -> int:
@@ -60,12 +59,12 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     cfg = RingConfig(model=args.model, seed=args.seed, dtype=dtype, max_area=args.max_area,
-                     timeout=args.timeout, threads=args.threads, cuda_graphs=GRAPH_CHOICES[args.cuda_graphs])
+                     timeout=args.timeout, threads=args.threads, cuda_graphs=CUDA_GRAPH_CHOICES[args.cuda_graphs])
     if "RANK" in os.environ:
         return run_from_env(args.layout, cfg, lambda ring: _write(args, ring))
     torch.set_num_threads(args.threads)  # this process is rank 0, one of the ranks sharing the cores
     with spawn_local(args.layout, model=args.model, seed=args.seed, dtype=dtype, max_area=args.max_area,
-                     timeout=args.timeout, threads=args.threads, cuda_graphs=GRAPH_CHOICES[args.cuda_graphs]) as ring:
+                     timeout=args.timeout, threads=args.threads, cuda_graphs=CUDA_GRAPH_CHOICES[args.cuda_graphs]) as ring:
         return _write(args, ring)
 
 
