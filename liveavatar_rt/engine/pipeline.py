@@ -152,11 +152,12 @@ class Pipeline:
 
     def session(self, image, prompt: str | None = None, prompt_embeds: torch.Tensor | None = None, seed: int = 0,
                 sink_replacement: bool = True, positions: PositionPolicy | None = None,
-                sink_offset: int | None = None) -> Session:
+                sink_offset: int | None = None, decode: bool = True) -> Session:
         """Open a streaming session. image: path, PIL image or uint8 array [H, W, 3].
         prompt: text, encoded by the model's umT5 (published layout); prompt_embeds: [Lt, 4096]
         precomputed encoder output instead. The tiny preset has no text model: it takes
-        prompt_embeds or nothing."""
+        prompt_embeds or nothing. decode=False: blocks carry only `latent` (video has 0 frames) for
+        a caller that decodes elsewhere or not at all (latent-space probes, a separate decoder)."""
         if prompt is not None and prompt_embeds is not None:
             raise ValueError("pass prompt or prompt_embeds, not both")
         if prompt is not None:
@@ -166,7 +167,7 @@ class Pipeline:
             prompt_embeds = self.text_encoder(prompt)
         text = self.default_text if prompt_embeds is None else prompt_embeds
         return Session(self, image, text.to(self.dtype), seed=seed, sink_replacement=sink_replacement,
-                       positions=positions, sink_offset=sink_offset)
+                       positions=positions, sink_offset=sink_offset, decode=decode)
 
     def generate(self, image, audio, sample_rate: int, seed: int = 0, **session_kw) -> Video:
         """Offline: the whole clip at once; the same frames as streaming the same audio."""

@@ -27,7 +27,7 @@ from .stepper import BlockStepper
 @dataclass
 class Block:
     index: int
-    video: np.ndarray  # uint8 [n, H, W, 3]; n = 12 (9 for the very first block)
+    video: np.ndarray  # uint8 [n, H, W, 3]; n = 12 (9 for the very first block); n = 0 if decode=False
     audio: np.ndarray  # float32 PCM at the pipeline's audio rate, exactly the span of `video`
     timings: dict = field(default_factory=dict)  # seconds per stage
     latent: torch.Tensor | None = None  # the clean block latent [1, 16, F, h, w] (compute dtype)
@@ -55,11 +55,11 @@ class SessionClosed(RuntimeError):
 
 class Session:
     def __init__(self, pipe, image, text: torch.Tensor, seed: int = 0, sink_replacement: bool = True,
-                 positions: PositionPolicy | None = None, sink_offset: int | None = None):
+                 positions: PositionPolicy | None = None, sink_offset: int | None = None, decode: bool = True):
         from ..io.image import load_image, output_size, prepare_reference
 
         t0 = time.perf_counter()
-        self.pipe, self.seed = pipe, seed
+        self.pipe, self.seed, self.decode = pipe, seed, decode
         stream, dtype = pipe.stream, pipe.dtype
         self.sink_replacement = sink_replacement
         img = load_image(image)
@@ -155,13 +155,19 @@ class Session:
         latent = self.stepper.denoise(self._noise(n), n, feats, timings=timings)
         if n == 0:
             self._first_block_latent = latent[:, :, :1].clone()
-        t = time.perf_counter()
-        video = self.decoder.decode(latent[0].float())  # [3, 12, H, W] after the warm-up
-        timings["vae_decode"] = time.perf_counter() - t
-        frames = to_uint8(video).numpy()
+        if self.decode:
+            t = time.perf_counter()
+            video = self.decoder.decode(latent[0].float())  # [3, 12, H, W] after the warm-up
+            timings["vae_decode"] = time.perf_counter() - t
+            frames = to_uint8(video).numpy()
+        else:  # a zero-cost stand-in of the decoded shape, so the audio span is cut the same way
+            frames = np.broadcast_to(np.zeros((1, 1, 1, 3), np.uint8),
+                                     (4 * s.frames_per_block, self.height, self.width, 3))
         pcm = self.audio.block_pcm(n)
         if n == 0:
             frames, pcm = drop_stream_start(frames, pcm, s.frames_per_block)
+        if not self.decode:
+            frames = frames[:0]
         self.audio.release(n)
         timings["total"] = time.perf_counter() - t0
         return Block(n, np.ascontiguousarray(frames), pcm, timings, latent)

@@ -74,6 +74,25 @@ def test_sink_replacement_changes_later_blocks_only(pipe, face):
     assert not np.array_equal(a.frames[first_clip:], b.frames[first_clip:])
 
 
+def test_decode_false_gives_the_same_latents_and_audio_without_frames(pipe, face):
+    """5 blocks (across the sink replacement): decode=False skips only the VAE decode."""
+    pcm = speech(2.2, seed=2)
+
+    def run(decode):
+        with pipe.session(face, seed=1, decode=decode) as sess:
+            sess.push_audio(pcm, SR)
+            sess.end_audio()
+            return list(sess.frames())
+
+    full, lat = run(True), run(False)
+    assert len(full) == len(lat) >= 5
+    for a, b in zip(full, lat):
+        assert b.video.shape == (0, 64, 64, 3) and b.video.dtype == np.uint8
+        assert np.array_equal(a.latent.float().numpy(), b.latent.float().numpy())
+        assert np.array_equal(a.audio, b.audio)  # the same span, first block's dropped frames included
+        assert "vae_decode" not in b.timings
+
+
 def test_seed_changes_output(pipe, face):
     pcm = speech(0.5)
     assert not np.array_equal(pipe.generate(face, pcm, SR, seed=0).frames, pipe.generate(face, pcm, SR, seed=1).frames)
