@@ -29,7 +29,7 @@ from .layout import Layout
 from .worker import RankOptions, run_worker
 
 
-@dataclass
+@dataclass(kw_only=True)  # keyword-only: a new field can never shift a positional call
 class RingConfig:
     model: str = "tiny"
     seed: int = 0  # weight seed of the tiny preset (the same on every rank)
@@ -143,8 +143,8 @@ def spawn_local(layout: str | Layout = "4+1", model: str = "tiny", seed: int = 0
     a ring several times faster; use it only from a process that has not started CUDA or
     OpenMP worker threads (e.g. torch.set_num_threads(1) before any work)."""
     lay = Layout.parse(layout)
-    cfg = RingConfig(model, seed, dtype, max_area, timeout, init_timeout, threads, dict(fault or {}),
-                     cuda_graphs=cuda_graphs)
+    cfg = RingConfig(model=model, seed=seed, dtype=dtype, max_area=max_area, timeout=timeout,
+                     init_timeout=init_timeout, threads=threads, fault=dict(fault or {}), cuda_graphs=cuda_graphs)
     if start_method == "fork" and torch.cuda.is_available():
         raise ValueError("start_method='fork' cannot be used with CUDA: use 'spawn'")
     port = free_port()
