@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 import torch
 
-from liveavatar_rt.engine import Pipeline
 from liveavatar_rt.engine.session import to_uint8
 from liveavatar_rt.eval import metrics
 from liveavatar_rt.eval.clips import load_clip_set
@@ -35,13 +34,8 @@ IDENTITY = "id0"
 
 
 @pytest.fixture(scope="module")
-def pipe():
-    with pytest.MonkeyPatch.context() as mp:  # tests/serve runs on random weights via this variable
-        mp.delenv("LIVEAVATAR_RT_TINY_RANDOM", raising=False)
-        p = Pipeline.from_pretrained("tiny", quiet=True)
-    if p.note:
-        pytest.fail(f"the trained tiny model must ship (got: {p.note})")
-    return p
+def pipe(trained_tiny):
+    return trained_tiny
 
 
 def _speech(seconds: float) -> tuple[np.ndarray, int]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from liveavatar_rt.engine import Pipeline
 from liveavatar_rt.eval.clips import load_clip_set
 from liveavatar_rt.eval.lipsync import lipsync_correlation, mouth_opening
 from liveavatar_rt.io.audio_file import read_audio
@@ -35,13 +34,9 @@ DROP = 3  # frames the engine drops at the start of a stream (first block: 9 of 
 
 
 @pytest.fixture(scope="module")
-def measured():
+def measured(trained_tiny):
     """-> [(clip name, opening measured from video [N], own truth, {other clip: truth})]."""
-    with pytest.MonkeyPatch.context() as mp:  # tests/serve runs on random weights via this variable
-        mp.delenv("LIVEAVATAR_RT_TINY_RANDOM", raising=False)
-        pipe = Pipeline.from_pretrained("tiny", quiet=True)
-    if pipe.note:
-        pytest.fail(f"the trained tiny model must ship (got: {pipe.note})")
+    pipe = trained_tiny
     cs = load_clip_set()
     out = []
     for clip in cs.clips:
