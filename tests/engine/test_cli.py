@@ -1,10 +1,12 @@
 """`liveavatar-rt generate` end to end: the MP4 decodes with the right frame count and duration."""
 from __future__ import annotations
 
+import re
 import wave
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from liveavatar_rt.cli import main
 from liveavatar_rt.io.video import probe
@@ -32,6 +34,9 @@ def test_generate_writes_a_playable_mp4(tmp_path, capsys):
     assert abs(info["audio_duration"] - 33 / 25) < 0.05
     text = capsys.readouterr().out
     assert "time to first frame" in text and "random weights" not in text  # the bundled trained model
+    steady = re.search(r"steady state ([0-9.]+) fps after the first block = ([0-9.]+)x real time", text)
+    assert steady, text  # 2 blocks after the first: a live stream's sustained rate is reported
+    assert float(steady.group(2)) == pytest.approx(float(steady.group(1)) / 25, abs=0.01)
 
 
 def test_generate_tpp_delegates_to_the_ring_launcher(monkeypatch):
