@@ -6,6 +6,8 @@ The runtime's own `WanVAE` (published key names, causal 3-D convs, streaming cac
 a VAE: random crops of 1 + 4k frames, chunked causal encode exactly as `WanVAE.encode` chunks
 (1, 4, 4, ...), a reparameterised latent, per-latent-frame causal decode as the streaming
 decoder runs. Loss: L1 + L1 of image gradients (keeps the mouth edges sharp) + a small KL.
+Every `--val-every` steps the L1 of whole-frame reconstructions of fixed clips is written to
+`vae/val/log.csv` (+ plot): the number to compare VAE runs by.
 At the end the per-channel latent mean/std over the data are measured and stored with the
 weights: the runtime normalises latents with them (`VAEConfig.latent_mean/std`).
 """
@@ -119,6 +121,23 @@ def latent_stats(vae: WanVAE, ds, rng: np.random.Generator, clips: int = 24) -> 
     return m.mean(1).tolist(), m.std(1).clamp_min(1e-3).tolist()
 
 
+FIXED_CLIPS = (7, 101, 555, 1234, 2002, 2900)  # the clips every VAE run is compared on
+
+
+@torch.no_grad()
+def fixed_clip_l1(vae: WanVAE, ds, clips=FIXED_CLIPS, frames: int = 17) -> float:
+    """Mean L1 (in [-1, 1] units) of whole-frame reconstructions of the first `frames` frames of
+    fixed clips, encoded to mu and decoded from the stream start: the training loss moves with
+    which clips and crops a step drew, this does not, so runs and checkpoints compare on it."""
+    out = []
+    for i in clips:
+        clip = frames_of(ds, i % len(ds))[:frames]
+        v = torch.from_numpy(np.ascontiguousarray(clip)).permute(3, 0, 1, 2).float()[None] / 127.5 - 1
+        mu, _ = vae.moments(v)
+        out.append((vae.decode_raw(mu, CausalCache(vae.decoder.n_slots)) - v).abs().mean().item())
+    return float(np.mean(out))
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="data/tiny")
@@ -133,6 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--kl", type=float, default=1e-6)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--val-every", type=int, default=200, help="steps between fixed-clip L1 measurements (0: never)")
     args = ap.parse_args(argv)
 
     torch.manual_seed(args.seed)
@@ -145,6 +165,8 @@ def main(argv: list[str] | None = None) -> None:
     pool = FramePool(args.data, rng)
     streams = Streams(pool, args.batch, args.crop, args.stream_chunk) if args.stream_chunk else None
     log = LossLog(out, ["loss", "l1", "grad", "kl"])
+    (out / "val").mkdir(exist_ok=True)
+    val_log, val_ds = LossLog(out / "val", ["fixed_clip_l1"]), open_dataset(args.data)
     budget = Budget(args.steps, args.minutes)
     progress = Progress("vae", args.steps, step, log, lambda s, **kw: save_ckpt(out / "ckpt.pt", s, vae, opt, **kw))
     while not budget.done(step):
@@ -166,6 +188,9 @@ def main(argv: list[str] | None = None) -> None:
         step += 1
         progress.tick(step, {"l1": f"{l1.item():.4f}", "grad": f"{gl.item():.4f}"},
                       loss=loss.item(), l1=l1.item(), grad=gl.item(), kl=kl.item())
+        if args.val_every and step % args.val_every == 0:
+            val_log.write(step, fixed_clip_l1=fixed_clip_l1(vae, val_ds))
+            val_log.plot()
     mean, std = latent_stats(vae, open_dataset(args.data), np.random.default_rng(args.seed))
     progress.close(step, latent_mean=mean, latent_std=std)
     print(f"vae: {step} steps; latent mean {np.round(mean, 3).tolist()} std {np.round(std, 3).tolist()}")
