@@ -20,6 +20,7 @@ from ..model import CausalWanS2V
 from ..model.init import init_random_
 from ..model.vae import VAEConfig, WanVAE
 from ..ops import OpTable
+from .conditioning import ConditioningCache
 from .positions import PositionPolicy
 from .session import Session
 
@@ -64,6 +65,8 @@ class Pipeline:
         self.default_text = default_text if default_text is not None else torch.zeros(1, model.cfg.text_dim, dtype=self.dtype)
         self.note = note  # shown to users (e.g. "random weights")
         self.weights: dict = {}  # where the weights came from (tiny files: path, sha256, training info)
+        # per-image session conditioning (VAE encodes + warmed decoder), see conditioning.py
+        self.conditioning_cache = ConditioningCache(size=4)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike = "tiny", device: str = "cpu",

@@ -65,20 +65,18 @@ class Session:
         img = load_image(image)
         self.height, self.width = output_size(img.shape[:2], pipe.max_area)
         ref = prepare_reference(img, (self.height, self.width))  # [3, H, W] in [-1, 1]
-        vae = pipe.vae
         # Published multi-GPU conditioning: the reference latent is the image alone, the motion
-        # latents encode the image repeated `motion_frames` times (73 -> 19 latent frames).
-        self.ref_latent = vae.encode(ref[:, None]).to(dtype)[None]
-        motion = vae.encode(ref[:, None].expand(-1, stream.motion_frames, -1, -1)).to(dtype)[None]
-        self.motion = motion
+        # latents encode the image repeated `motion_frames` times (73 -> 19 latent frames), and
+        # the streaming decoder starts warmed on the first 7 motion latents. Cached per image.
+        cond = pipe.conditioning_cache.get(pipe.vae, ref, stream.motion_frames, dtype)
+        self.ref_latent, self.motion = cond.ref_latent, cond.motion
         h, w = self.ref_latent.shape[-2:]
         self.stepper = BlockStepper(pipe.model, stream, (h, w), positions=positions,
                                     offsets=SinkOffsets(seed=seed, low=stream.sink_offset_range[0],
                                                         high=stream.sink_offset_range[1], fixed=sink_offset))
         self.stepper.set_text(text)
-        self.stepper.prefill(self.ref_latent, motion)
-        self.decoder = vae.new_stream()
-        self.decoder.decode(motion[0, :, :7].float())  # published warm-up of the causal cache; output dropped
+        self.stepper.prefill(self.ref_latent, self.motion)
+        self.decoder = cond.warm_decoder.fork()
         self.audio = pipe.new_audio_stream()
         self._cv = threading.Condition()
         self._next = 0

@@ -278,6 +278,15 @@ class VAEStreamDecoder:
     def reset(self) -> None:
         self._cache = None
 
+    def fork(self) -> "VAEStreamDecoder":
+        """An independent decoder continuing from this one's state. Cheap: the cache entries
+        are shared, which is safe because the decoder layers replace them, never write them."""
+        out = VAEStreamDecoder(self.vae)
+        if self._cache is not None:
+            out._cache = CausalCache(len(self._cache.slots))
+            out._cache.slots = list(self._cache.slots)
+        return out
+
     @torch.no_grad()
     def decode(self, latent_chunk: torch.Tensor) -> torch.Tensor:
         """latent_chunk [z_dim, f, h, w] -> fp32 [3, 4f (or 4f - 3 on the first call), 8h, 8w] in [-1, 1]."""

@@ -39,9 +39,9 @@ class TPPSession:
         img = load_image(image)
         self.height, self.width = output_size(img.shape[:2], pipe.max_area)
         ref = prepare_reference(img, (self.height, self.width))
-        # the same code as Session: computed once here and sent to every rank
-        self.ref_latent = pipe.vae.encode(ref[:, None]).to(dtype)[None]
-        self.motion = pipe.vae.encode(ref[:, None].expand(-1, stream.motion_frames, -1, -1)).to(dtype)[None]
+        # the same conditioning as Session (and its per-image cache): computed here, sent to every rank
+        cond = pipe.conditioning_cache.get(pipe.vae, ref, stream.motion_frames, dtype)
+        self.ref_latent, self.motion = cond.ref_latent, cond.motion
         self.text = text.to(dtype)
         pos = positions or PositionPolicy()
         h, w = self.ref_latent.shape[-2:]

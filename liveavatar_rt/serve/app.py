@@ -101,9 +101,10 @@ def create_app(engine, cfg: ServeConfig | None = None) -> FastAPI:
             except (RuntimeError, OSError):
                 pass  # the client left already
             return
+        conn = Connection(ws, server, sid)
         try:
-            await Connection(ws, server, sid).run()
+            await conn.run()
         finally:
-            server.release()
+            conn.release()
 
     return app

@@ -9,7 +9,8 @@ Everything here runs on the event loop; the model runs in the session's StreamWo
   (counted as dropped frames), so a client that stops reading costs bounded memory.
 - silence: once audio has started, if none arrives for `silence_after_s`, silence is pushed
   in real time (up to the wall clock) so the avatar keeps moving, listening.
-- teardown (disconnect, error, end): stop the worker, wait for it, release the slot.
+- teardown (disconnect, error, end): stop the worker, wait for it, release the slot, then close
+  the socket (so a client that reconnects on the close finds its slot free).
 """
 from __future__ import annotations
 
@@ -49,6 +50,8 @@ class Connection:
         self.ended = False
         self.finished = False  # done or error queued: nothing more will be produced
         self._send_lock = asyncio.Lock()
+        self._close_with = (1000, "")  # the close frame sent at teardown (an error sets its own)
+        self._released = False
 
     # ---- entry ----------------------------------------------------------------------------
     async def run(self) -> None:
@@ -79,7 +82,16 @@ class Connection:
                 self.worker.stop()
                 await asyncio.to_thread(self.worker.join, WORKER_JOIN_S)
             self.server.stats.finish(self.stats)
-            await self._close(1000)
+            # the slot is free before the client sees the close: a client that reconnects on
+            # the close (after an error or the end) is never refused as busy by its own session
+            self.release()
+            await self._close(*self._close_with)
+
+    def release(self) -> None:
+        """Give the server's session slot back (once; app.py calls it again on any exit)."""
+        if not self._released:
+            self._released = True
+            self.server.release()
 
     @staticmethod
     async def _cancel(tasks: list[asyncio.Task]) -> None:
@@ -232,8 +244,7 @@ class Connection:
                 self.stats.on_sent(meta["start_frame"], meta["frames"], len(item[2]))
             elif kind == "done":
                 await self._send({"type": "done", "session": self.sid, "stats": self.stats.summary()})
-                await self._close(1000)
-                return
+                return  # run() closes the socket after the teardown
             elif kind == "error":
                 await self._send_error(item[1])
                 return
@@ -250,7 +261,7 @@ class Connection:
             await self._send(e.to_json())
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass  # the client is gone already
-        await self._close(e.close_code, e.code)
+        self._close_with = (e.close_code, e.code)  # sent by run() after the teardown
 
     async def _close(self, code: int, reason: str = "") -> None:
         if WebSocketState.DISCONNECTED not in (self.ws.application_state, self.ws.client_state):

@@ -11,7 +11,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from .conftest import KiB, http_get, metric, png_bytes, run_session, wait_until
+from .conftest import TEST_LIMITS, KiB, http_get, metric, png_bytes, run_session, wait_until
 
 GOOD_AUDIO = {"format": "s16le", "sample_rate": 16000, "channels": 1}
 
@@ -103,6 +103,16 @@ def test_malformed_in_session(server, healthy, portrait):
     f32 = start_msg(portrait, audio={"format": "f32le", "sample_rate": 16000})
     nan = np.array([0.0, np.nan], "<f4").tobytes()
     assert "NaN" in expect_error(server.ws_url, [f32, nan], "bad_audio", 1008, wait_ready=True)
+
+
+def test_a_client_reconnecting_on_the_close_is_never_busy(server, healthy, portrait):
+    """The slot is released before the close frame: 3x max_sessions sessions back to back, each
+    failing on bad audio and reconnecting as soon as it is closed, all get their own error.
+    (Closing first and releasing after the worker's join made this race and answer 'busy'.)"""
+    start = start_msg(portrait)
+    for _ in range(3 * TEST_LIMITS["max_sessions"]):
+        assert "sample frames" in expect_error(server.ws_url, [start, b"\x00\x00\x00"], "bad_audio", 1008,
+                                               wait_ready=True)
 
 
 def test_oversized_uploads(server, healthy):
