@@ -7,8 +7,9 @@
     sess.end_audio(); sess.close()
 
 Per session (never shared): the step caches and conditioning K/V, the VAE's streaming decoder
-state, the audio buffers, the noise of the current clip. The pipeline holds only weights, so a
-session that fails leaves the process and other sessions untouched.
+state, the audio buffers, the noise of the current clip. The pipeline holds only weights and
+the read-only per-image conditioning (conditioning.py), so a session that fails leaves the
+process and other sessions untouched.
 """
 from __future__ import annotations
 
