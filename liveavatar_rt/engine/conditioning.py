@@ -3,7 +3,7 @@
 A session on a portrait needs (published multi-GPU conditioning):
     ref_latent [1, 16, 1, h, w]   the VAE encoding of the image alone
     motion     [1, 16, 19, h, w]  the VAE encoding of the image repeated 73 times
-    a streaming VAE decoder warmed on motion[:, :, :7] (its output is dropped)
+    a streaming VAE decoder warmed on motion[:, :, :7] (its output is dropped; made on first use)
 Together these are most of a session's setup time (tiny preset: ~1.3 of ~2.2 s on one core)
 and depend only on the prepared image and the weights, so a service that opens many sessions
 on the same avatar pays them once. Exact: a cached entry is the same tensors the session would
@@ -19,25 +19,43 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
 
 import torch
 
 
-@dataclass(frozen=True)
+WARM_LATENTS = 7  # published: the decoder's causal cache is warmed on the first 7 motion latents
+
+
+def warmed_decoder(vae, motion: torch.Tensor):
+    """motion [1, 16, F, h, w] -> a new streaming VAE decoder after the published warm-up on
+    motion[:, :, :7] (its output is dropped). Session, TPP's VAE rank and the cache use this."""
+    decoder = vae.new_stream()
+    decoder.decode(motion[0, :, :WARM_LATENTS].float())
+    return decoder
+
+
 class Conditioning:
-    ref_latent: torch.Tensor  # [1, 16, 1, h, w] compute dtype
-    motion: torch.Tensor  # [1, 16, 19, h, w] compute dtype
-    warm_decoder: object  # VAEStreamDecoder after the warm-up: fork() it, never decode with it
+    """One image's conditioning. `new_decoder()` forks a decoder warmed once per entry, on first
+    use (TPP's front never decodes, so it never pays the warm-up)."""
+
+    def __init__(self, vae, ref_latent: torch.Tensor, motion: torch.Tensor):
+        self.ref_latent = ref_latent  # [1, 16, 1, h, w] compute dtype
+        self.motion = motion  # [1, 16, 19, h, w] compute dtype
+        self._vae, self._warm, self._lock = vae, None, threading.Lock()
+
+    def new_decoder(self):
+        """A streaming decoder of its own, in the warmed state."""
+        with self._lock:
+            if self._warm is None:
+                self._warm = warmed_decoder(self._vae, self.motion)
+        return self._warm.fork()
 
 
 def compute_conditioning(vae, ref: torch.Tensor, motion_frames: int, dtype: torch.dtype) -> Conditioning:
     """ref [3, H, W] in [-1, 1] -> the session's conditioning, computed (no cache)."""
     ref_latent = vae.encode(ref[:, None]).to(dtype)[None]
     motion = vae.encode(ref[:, None].expand(-1, motion_frames, -1, -1)).to(dtype)[None]
-    decoder = vae.new_stream()
-    decoder.decode(motion[0, :, :7].float())  # published warm-up of the causal cache; output dropped
-    return Conditioning(ref_latent, motion, decoder)
+    return Conditioning(vae, ref_latent, motion)
 
 
 class ConditioningCache:

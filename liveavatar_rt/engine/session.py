@@ -77,7 +77,7 @@ class Session:
                                                         high=stream.sink_offset_range[1], fixed=sink_offset))
         self.stepper.set_text(text)
         self.stepper.prefill(self.ref_latent, self.motion)
-        self.decoder = cond.warm_decoder.fork()
+        self.decoder = cond.new_decoder()
         self.audio = pipe.new_audio_stream()
         self._cv = threading.Condition()
         self._next = 0

@@ -12,6 +12,7 @@ import time
 
 import torch
 
+from ..engine.conditioning import warmed_decoder
 from ..engine.positions import PositionPolicy, SinkOffsets
 from ..engine.session import to_uint8
 from ..engine.stepper import BlockStepper
@@ -46,8 +47,7 @@ class Stage:
         self.stats["prefill_s"] = time.perf_counter() - t0
         self.decoder = None
         if self.is_vae:
-            self.decoder = pipe.vae.new_stream()
-            self.decoder.decode(motion[0, :, :7].float())  # Session's warm-up; output dropped
+            self.decoder = warmed_decoder(pipe.vae, motion)  # Session's warm-up
         # channels
         self.out = None
         if self.is_vae:

@@ -71,13 +71,26 @@ def test_lru_eviction_and_clear(pipe):
 
 
 def test_forked_decoders_are_independent(pipe):
-    """Decoding on a fork changes neither the warm decoder nor another fork."""
+    """Decoding on one session decoder changes neither the warm state nor another decoder."""
     sess = pipe.session(_face())
     cond = pipe.conditioning_cache.get(pipe.vae, torch.zeros(3, 64, 64), pipe.stream.motion_frames, pipe.dtype)
     z = torch.randn(16, 3, 8, 8)
-    f1, f2 = cond.warm_decoder.fork(), cond.warm_decoder.fork()
+    f1, f2 = cond.new_decoder(), cond.new_decoder()
     out1 = f1.decode(z)
     f1.decode(torch.randn(16, 3, 8, 8))  # f1 moves on
     assert torch.equal(f2.decode(z), out1)
-    assert torch.equal(cond.warm_decoder.fork().decode(z), out1)
+    assert torch.equal(cond.new_decoder().decode(z), out1)
     sess.close()
+
+
+def test_the_decoder_is_warmed_once_and_only_when_a_session_needs_it(pipe, monkeypatch):
+    """TPP's front takes only the latents: it must not pay the decoder warm-up."""
+    streams = []
+    real = pipe.vae.new_stream
+    monkeypatch.setattr(pipe.vae, "new_stream", lambda: streams.append(1) or real())
+    ref = torch.zeros(3, 64, 64)
+    cond = pipe.conditioning_cache.get(pipe.vae, ref, pipe.stream.motion_frames, pipe.dtype)
+    assert streams == []
+    cond.new_decoder()
+    cond.new_decoder()
+    assert streams == [1]

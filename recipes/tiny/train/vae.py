@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     out = stage_dir(args.run, "vae")
     dim = args.dim or TINY_VAE_DIM
-    if (out / "ckpt.pt").exists():
+    if (out / "ckpt.pt").exists():  # read once more by load_ckpt below: the width decides the model to build
         saved = ckpt_dim(torch.load(out / "ckpt.pt", map_location="cpu", weights_only=False))
         if args.dim is not None and args.dim != saved:
             raise SystemExit(f"{out / 'ckpt.pt'} is a dim={saved} VAE; --dim {args.dim} cannot resume it (new --run?)")
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     streams = Streams(pool, args.batch, args.crop, args.stream_chunk) if args.stream_chunk else None
     log = LossLog(out, ["loss", "l1", "grad", "kl"])
     (out / "val").mkdir(exist_ok=True)
-    val_log, val_ds = LossLog(out / "val", ["fixed_clip_l1"]), open_dataset(args.data)
+    val_log, ds = LossLog(out / "val", ["fixed_clip_l1"]), open_dataset(args.data)
     budget = Budget(args.steps, args.minutes)
     progress = Progress("vae", args.steps, step, log,
                         lambda s, **kw: save_ckpt(out / "ckpt.pt", s, vae, opt, vae_dim=dim, **kw))
@@ -205,9 +205,9 @@ def main(argv: list[str] | None = None) -> None:
         progress.tick(step, {"l1": f"{l1.item():.4f}", "grad": f"{gl.item():.4f}"},
                       loss=loss.item(), l1=l1.item(), grad=gl.item(), kl=kl.item())
         if args.val_every and step % args.val_every == 0:
-            val_log.write(step, fixed_clip_l1=fixed_clip_l1(vae, val_ds))
+            val_log.write(step, fixed_clip_l1=fixed_clip_l1(vae, ds))
             val_log.plot()
-    mean, std = latent_stats(vae, open_dataset(args.data), np.random.default_rng(args.seed))
+    mean, std = latent_stats(vae, ds, np.random.default_rng(args.seed))
     progress.close(step, latent_mean=mean, latent_std=std)
     print(f"vae: {step} steps; latent mean {np.round(mean, 3).tolist()} std {np.round(std, 3).tolist()}")
 
