@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     cfg = RingConfig(model=args.model, seed=args.seed, dtype=dtype, max_area=args.max_area,
                      timeout=args.timeout, threads=args.threads, cuda_graphs=CUDA_GRAPH_CHOICES[args.cuda_graphs])
     if "RANK" in os.environ:
-        return run_from_env(args.layout, cfg, lambda ring: _write(args, ring))
+        run_from_env(args.layout, cfg, lambda ring: _write(args, ring))  # every rank exits in there
     torch.set_num_threads(args.threads)  # this process is rank 0, one of the ranks sharing the cores
     with spawn_local(args.layout, model=args.model, seed=args.seed, dtype=dtype, max_area=args.max_area,
                      timeout=args.timeout, threads=args.threads, cuda_graphs=CUDA_GRAPH_CHOICES[args.cuda_graphs]) as ring:

@@ -18,7 +18,9 @@ import socket
 import sys
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 import torch
 import torch.multiprocessing as mp
@@ -199,9 +201,13 @@ def _init_watching(world: int, port: int, timeout: float, procs, conns) -> None:
         raise comm.TPPError(f"rank 0 could not join the ring: {box['error']}") from box["error"]
 
 
-def run_from_env(layout: str | Layout, cfg: RingConfig, front) -> int:
+def run_from_env(layout: str | Layout, cfg: RingConfig, front) -> NoReturn:
     """torchrun: RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT / LOCAL_RANK from the environment.
-    Rank 0 calls front(ring) and then shuts the ring down; the others serve until SHUTDOWN."""
+    Rank 0 calls front(ring) and then shuts the ring down; the others serve until SHUTDOWN.
+    Every rank then leaves its process at once (`comm.exit_process`), rank 0 with front's return
+    code (1 if it raised, after printing the traceback): daemon threads still blocked in gloo
+    waits make a normal interpreter exit abort (SIGABRT, "terminate called without an active
+    exception"), which turned a finished run into a failed one under torchrun."""
     lay = Layout.parse(layout)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     if world != lay.world:
@@ -212,7 +218,11 @@ def run_from_env(layout: str | Layout, cfg: RingConfig, front) -> int:
         comm.exit_process(run_worker(rank, lay, pipe, RankOptions(cfg.timeout, cfg.fault)))
     ring = FrontRing(pipe, lay, timeout=cfg.timeout)
     try:
-        return front(ring)
+        code = front(ring)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
     finally:
         ring.close()
         comm.shutdown()
+    comm.exit_process(int(code or 0))
