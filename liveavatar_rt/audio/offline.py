@@ -27,8 +27,18 @@ class OfflineAudioStream:
         self._rate: int | None = None
         self._feat: torch.Tensor | None = None
         self._pcm: np.ndarray | None = None
+        self._lead = 0
         self.ended = False
         self.total_blocks = 0
+
+    def lead_in(self, samples: int) -> None:
+        """Silence (16 kHz samples) put before the audio at end(): the session's stream-start
+        padding, as AudioStream.lead_in."""
+        if self._chunks or self.ended:
+            raise RuntimeError("lead_in() must come before any audio is pushed")
+        if samples < 0:
+            raise ValueError(f"lead_in samples must be >= 0, got {samples}")
+        self._lead = int(samples)
 
     def push(self, pcm, sample_rate) -> None:
         if self.ended:
@@ -47,6 +57,8 @@ class OfflineAudioStream:
         pcm = np.concatenate(self._chunks)
         self._chunks = []
         pcm16 = resample(pcm, self._rate, 16000) if self._rate != 16000 else pcm
+        if self._lead:
+            pcm16 = np.concatenate([np.zeros(self._lead, np.float32), pcm16.astype(np.float32, copy=False)])
         feat = align_offline(self.features(pcm16), self.fps, self.batch_frames)  # [L, D, n_video]
         self._feat = feat.float()
         n_video = feat.shape[2]

@@ -122,6 +122,16 @@ class AudioStream:
             self.sample_rate_in, self._rs = sr, StreamingResampler(sr, self.rate)
         self._ingest(self._rs.push(x))
 
+    def lead_in(self, samples: int) -> None:
+        """Start the stream with `samples` of silence at the extractor's rate (before any push):
+        the session's stream-start padding (engine/session.py), so the frames the published
+        rule drops show this silence and not the user's first words."""
+        if self._pcm.end or self.ended:
+            raise RuntimeError("lead_in() must come before any audio is pushed")
+        if samples < 0:
+            raise ValueError(f"lead_in samples must be >= 0, got {samples}")
+        self._ingest(np.zeros(int(samples), np.float32))
+
     def _ingest(self, pcm16k: np.ndarray) -> None:
         self._pcm.append(pcm16k)
         self._frames.append(self._align.push(self._feat.push(pcm16k)))

@@ -22,7 +22,7 @@ from ..model.vae import VAEConfig, WanVAE
 from ..ops import OpTable
 from .conditioning import ConditioningCache
 from .positions import PositionPolicy
-from .session import Session
+from .session import STREAM_START_DROP, Session
 
 PACKAGED_WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 # The published layout: the Wan2.2-S2V-14B folder plus the Live Avatar LoRA file.
@@ -142,25 +142,33 @@ class Pipeline:
             print(f"liveavatar_rt: loaded {root} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
         return cls(model, vae, max_area=PUBLISHED_MAX_AREA, text_encoder=text, audio_features=audio)
 
-    def new_audio_stream(self):
+    def new_audio_stream(self, lead_in: bool = True):
+        """A session's audio stream. lead_in: start it with the stream-start span the published
+        rule drops (STREAM_START_DROP frames of silence), so every pushed sample is in the output."""
         from ..audio import AudioStream, LogMelFeatures
         from ..audio.offline import OfflineAudioStream
 
         if self.audio_features is not None:
-            return OfflineAudioStream(self.audio_features, 4 * self.stream.frames_per_block, self.stream.fps,
-                                      self.stream.blocks_per_clip)
-        cfg = self.model.cfg
-        return AudioStream(LogMelFeatures(n_mels=cfg.audio_dim, layers=cfg.audio_layers),
-                           frames_per_block=4 * self.stream.frames_per_block, fps=self.stream.fps)
+            audio = OfflineAudioStream(self.audio_features, 4 * self.stream.frames_per_block, self.stream.fps,
+                                       self.stream.blocks_per_clip)
+        else:
+            cfg = self.model.cfg
+            audio = AudioStream(LogMelFeatures(n_mels=cfg.audio_dim, layers=cfg.audio_layers),
+                                frames_per_block=4 * self.stream.frames_per_block, fps=self.stream.fps)
+        if lead_in:
+            audio.lead_in(STREAM_START_DROP * audio.samples_per_frame)
+        return audio
 
     def session(self, image, prompt: str | None = None, prompt_embeds: torch.Tensor | None = None, seed: int = 0,
                 sink_replacement: bool = True, positions: PositionPolicy | None = None,
-                sink_offset: int | None = None, decode: bool = True) -> Session:
+                sink_offset: int | None = None, decode: bool = True, lead_in: bool = True) -> Session:
         """Open a streaming session. image: path, PIL image or uint8 array [H, W, 3].
         prompt: text, encoded by the model's umT5 (published layout); prompt_embeds: [Lt, 4096]
         precomputed encoder output instead. The tiny preset has no text model: it takes
         prompt_embeds or nothing. decode=False: blocks carry only `latent` (video has 0 frames) for
-        a caller that decodes elsewhere or not at all (latent-space probes, a separate decoder)."""
+        a caller that decodes elsewhere or not at all (latent-space probes, a separate decoder).
+        lead_in=False: the published stream start (its first 3 frames and their 120 ms of the
+        user's audio are dropped); default True pads the start instead, so no speech is lost."""
         if prompt is not None and prompt_embeds is not None:
             raise ValueError("pass prompt or prompt_embeds, not both")
         if prompt is not None:
@@ -170,7 +178,7 @@ class Pipeline:
             prompt_embeds = self.text_encoder(prompt)
         text = self.default_text if prompt_embeds is None else prompt_embeds
         return Session(self, image, text.to(self.dtype), seed=seed, sink_replacement=sink_replacement,
-                       positions=positions, sink_offset=sink_offset, decode=decode)
+                       positions=positions, sink_offset=sink_offset, decode=decode, lead_in=lead_in)
 
     def generate(self, image, audio, sample_rate: int, seed: int = 0, **session_kw) -> Video:
         """Offline: the whole clip at once; the same frames as streaming the same audio."""

@@ -44,9 +44,15 @@ def to_uint8(video: torch.Tensor) -> torch.Tensor:
     return ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0)
 
 
+# Published: the first 3 decoded frames of a stream (and their audio) are dropped. Sessions pad
+# the audio stream's start with this many frames of silence (lead_in), so the dropped frames
+# show silence and every sample the user pushed reaches the output.
+STREAM_START_DROP = 3
+
+
 def drop_stream_start(frames: np.ndarray, pcm: np.ndarray, frames_per_block: int) -> tuple[np.ndarray, np.ndarray]:
-    """Published: the first 3 decoded frames of a stream (and their audio) are dropped."""
-    drop = frames.shape[0] - (frames_per_block * 4 - 3)
+    """Published: the first STREAM_START_DROP decoded frames of a stream (and their audio) are dropped."""
+    drop = frames.shape[0] - (frames_per_block * 4 - STREAM_START_DROP)
     return frames[drop:], pcm[drop * len(pcm) // (frames_per_block * 4):]
 
 
@@ -56,7 +62,8 @@ class SessionClosed(RuntimeError):
 
 class Session:
     def __init__(self, pipe, image, text: torch.Tensor, seed: int = 0, sink_replacement: bool = True,
-                 positions: PositionPolicy | None = None, sink_offset: int | None = None, decode: bool = True):
+                 positions: PositionPolicy | None = None, sink_offset: int | None = None, decode: bool = True,
+                 lead_in: bool = True):
         from ..io.image import load_image, output_size, prepare_reference
 
         t0 = time.perf_counter()
@@ -78,7 +85,9 @@ class Session:
         self.stepper.set_text(text)
         self.stepper.prefill(self.ref_latent, self.motion)
         self.decoder = cond.new_decoder()
-        self.audio = pipe.new_audio_stream()
+        self.audio = pipe.new_audio_stream(lead_in)
+        # produced frame j shows input frame j + input_offset_frames (the published start skips 3)
+        self.input_offset_frames = 0 if lead_in else STREAM_START_DROP
         self._cv = threading.Condition()
         self._next = 0
         self._clip_noise: tuple[int, torch.Tensor] | None = None

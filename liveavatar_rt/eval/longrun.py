@@ -3,9 +3,10 @@ and record drift metrics per window.
 
 The audio of the identity's clips is pushed one clip at a time, always ahead of generation
 (generation speed is the only limit), and the ground-truth mouth track is appended with it, so
-truth index k belongs to input video frame k. The engine drops the first frames of a stream
-(published: 3 of the first block's 12; see engine/session.py), so produced frame j shows input
-frame j + drop, with drop = 4 * frames_per_block - len(first block): measured, not assumed.
+truth index k belongs to input video frame k. Produced frame j shows input frame j + drop, with
+drop = 4 * frames_per_block - len(first block) - the lead-in frames (engine/session.py: the
+published rule drops 3 of the first block's 12 frames; the session pads them with silence
+first, so drop is 0): measured, not assumed.
 
 Every `window_seconds` of produced video one row is recorded (see `ROW_FIELDS`): lip-sync
 correlation of the measured mouth opening with the truth (eval/lipsync.py), colour and identity
@@ -106,6 +107,7 @@ def run_eval(cfg: EvalConfig, on_row: Callable[[dict], None] | None = None, log=
     """Run the evaluation; `on_row(row)` sees every window row as soon as it is measured.
     Returns {"config", "note", "weights", "identity", "frames", "drop", "wall_seconds", "rows", "lipsync"}."""
     from ..engine import Pipeline
+    from ..engine.session import STREAM_START_DROP
 
     clip_set = load_clip_set(cfg.clips_dir)
     ident = clip_set.identity(cfg.identity)
@@ -165,7 +167,8 @@ def run_eval(cfg: EvalConfig, on_row: Callable[[dict], None] | None = None, log=
             block = next(blocks)
             n += 1
             if drop is None:
-                drop = 4 * pipe.stream.frames_per_block - len(block.video)
+                lead = STREAM_START_DROP - sess.input_offset_frames  # silent frames put before the audio
+                drop = 4 * pipe.stream.frames_per_block - len(block.video) - lead
             video = block.video[: target - emitted]
             emitted += len(video)
             window.frames.append(video)

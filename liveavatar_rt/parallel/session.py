@@ -50,7 +50,8 @@ class TPPSession:
             text_len=self.text.shape[0], text_dim=self.text.shape[1], dtype=dtype,
             motion_frames=self.motion.shape[2], sink_replacement=sink_replacement, sink_offset=sink_offset,
             position_mode=pos.mode, position_limit=pos.limit, position_period=pos.period)
-        self.audio = pipe.new_audio_stream()
+        self.audio = pipe.new_audio_stream(lead_in=True)
+        self.input_offset_frames = 0
         self.keep_latents = keep_latents
         self.latents: list[torch.Tensor] = []  # clean block latents [1, 16, F, h, w] if keep_latents
         self.stats: dict = {}

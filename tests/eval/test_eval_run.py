@@ -35,7 +35,7 @@ def test_outputs_have_every_field(eval_run):
     assert list(rows[0]) == list(ROW_FIELDS) and len(rows) == 4  # 12 s of video in 3 s windows
     assert float(rows[-1]["video_minutes"]) == pytest.approx(0.2)
     r = json.loads((out / "e.json").read_text())
-    assert r["frames"] == 300 and r["drop"] == 3 and r["windows"] == 4
+    assert r["frames"] == 300 and r["drop"] == 0 and r["windows"] == 4  # the lead-in absorbs the published drop
     assert set(r["metrics"]) == set(PLOTTED)
     for name in ("colour_delta_e", "colour_hist_dist", "identity_dist", "flicker", "rss_mib"):
         m = r["metrics"][name]
@@ -55,7 +55,8 @@ def test_from_csv_resummarizes(eval_run, tmp_path):
 
 def test_truth_is_aligned_with_produced_frames(clip_set, monkeypatch):
     """Record what the lip-sync scorer receives: the concatenated windows' truth must be the
-    looped clip truth from frame `drop` on, and each window's frames must match its truth."""
+    looped clip truth from frame `drop` on (0: the session's lead-in silence fills the 3 frames
+    the published stream start drops), and each window's frames must match its truth."""
     seen = []
 
     def mouth(frames, box):
@@ -72,8 +73,8 @@ def test_truth_is_aligned_with_produced_frames(clip_set, monkeypatch):
     cs = load_clip_set(clip_set)
     loop = LoopedClips(cs, "synthetic")
     truth = np.concatenate([loop.next_clip()[1] for _ in range(10)])
-    assert res["drop"] == 3 and len(got) == res["frames"] == 150  # > 100 frames: the clips wrap
-    np.testing.assert_array_equal(got, truth[3:3 + len(got)])
+    assert res["drop"] == 0 and len(got) == res["frames"] == 150  # > 100 frames: the clips wrap
+    np.testing.assert_array_equal(got, truth[:len(got)])
     assert all(r["lipsync_r"] == 0.0 for r in res["rows"])
     assert ("sha256" in res["weights"]) == (res["note"] == "")  # trained weights are identified
 

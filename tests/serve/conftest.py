@@ -74,9 +74,9 @@ FULL_S = 1.5  # 24000 samples -> 38 video frames -> 4 blocks -> 9 + 3 * 12 = 45 
 
 
 def expected_frames(n16k: int) -> int:
-    """Frames of a session fed n16k samples at 16 kHz: whole blocks of 12, minus the 3 the
-    published stream start drops."""
-    blocks = -(-(-(-n16k // 640)) // 12)
+    """Frames of a session fed n16k samples at 16 kHz: the 3 frames of lead-in silence + the
+    audio's frames in whole blocks of 12, minus the 3 the published stream start drops."""
+    blocks = -(-(-(-n16k // 640) + 3) // 12)
     return 12 * blocks - 3
 
 

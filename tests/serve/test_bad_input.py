@@ -167,7 +167,7 @@ def test_healthy_session_unaffected(server, healthy, speech):
     client, segments = result["ok"]
     pcm, rate = speech
     n16k = int(2.0 * rate)
-    blocks = -(-(-(-n16k // 640)) // 12)
+    blocks = -(-(-(-n16k // 640) + 3) // 12)  # + the 3 frames of lead-in silence
     assert client.done["stats"]["frames_sent"] == 12 * blocks - 3
     assert client.done["stats"]["dropped"] == 0
     _, text = http_get(server.url + "/metrics")
