@@ -3,9 +3,11 @@
 # or a range would pull a multi-GB CUDA build, so it is always pinned and installed first,
 # and the project is built without build isolation).
 #
+#   make sysdeps     the Debian packages the tests need (espeak-ng, chromium; liveavatar_rt/system_deps.py):
+#                    installed with apt-get when missing, or a clear stop naming them without root
 #   make venv        .venv with torch==2.13.0, the runtime + test deps, editable liveavatar_rt
 #   make build       the C++ extension liveavatar_rt/_C*.so, in place (ninja, incremental)
-#   make test        pytest (TRITON_INTERPRET=1), then nvcc-check and ctest
+#   make test        sysdeps, then pytest (TRITON_INTERPRET=1), then nvcc-check and ctest
 #   make ctest       CMake build of csrc/cpu + the C++ kernel test, run by CTest
 #   make nvcc-check  syntax-check the torch-free CUDA kernel with plain nvcc (skips without nvcc)
 #   make demo        a short MP4 from the example portrait + speech with the tiny model
@@ -45,7 +47,12 @@ EXT_SOURCES := $(shell find csrc -path csrc/tests -prune -o \( -name '*.cpp' -o 
 CMAKE_BUILD_DIR := build/cmake
 NVCC ?= $(shell command -v nvcc 2>/dev/null || { test -x /usr/local/cuda/bin/nvcc && echo /usr/local/cuda/bin/nvcc; })
 
-.PHONY: venv build test ctest nvcc-check demo bench train-tiny clean distclean
+.PHONY: sysdeps venv build test ctest nvcc-check demo bench train-tiny clean distclean
+
+# System packages (one list, in liveavatar_rt/system_deps.py), checked on every run (cheap),
+# installed only when missing. The system Python runs it: no venv is needed yet.
+sysdeps:
+	$(PYTHON) liveavatar_rt/system_deps.py install espeak-ng chromium
 
 venv: $(VENV_STAMP)
 
@@ -64,8 +71,9 @@ $(EXT): $(VENV_STAMP) setup.py $(EXT_SOURCES)
 	$(PY) setup.py build_ext --inplace
 	touch $@
 
-test: venv build
-	TRITON_INTERPRET=1 $(PY) -m pytest tests -q -x
+# The browser test must run here (Chromium was just installed): a missing browser fails it.
+test: sysdeps venv build
+	LIVEAVATAR_RT_REQUIRE_BROWSER=1 TRITON_INTERPRET=1 $(PY) -m pytest tests -q -x
 	$(MAKE) --no-print-directory nvcc-check
 	$(MAKE) --no-print-directory ctest
 
@@ -91,6 +99,7 @@ demo: venv build
 # trajectories, causal student, self-forcing DMD, export. Each stage resumes where it stopped.
 RUN ?= runs/tiny
 train-tiny: venv
+	$(PYTHON) liveavatar_rt/system_deps.py install espeak-ng
 	nice -n 10 $(PY) -m recipes.tiny.generate --out data/tiny --clips 3000 --seconds 4 --size 128 --workers 2 --seed 0
 	$(PY) -m recipes.tiny.train.vae --data data/tiny --run $(RUN)
 	$(PY) -m recipes.tiny.train.prep --data data/tiny --run $(RUN)

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from liveavatar_rt.system_deps import require
+
 SAMPLE_RATE = 16000
 
 # espeak_AUDIO_OUTPUT / espeak_EVENT_TYPE / espeak_PARAMETER values from speak_lib.h.
@@ -151,6 +153,7 @@ class FreshEngine:
     library. Cost: one fork + initialisation (~70 ms) per engine."""
 
     def __init__(self, voice: Voice = Voice()):
+        require("espeak-ng")  # here, with the install command, not as an EOFError from the child
         self.voice = voice
         req_r, req_w = os.pipe()
         res_r, res_w = os.pipe()

@@ -3,20 +3,21 @@ no browser download): load the page, choose a portrait and an audio file, stream
 that video frames are painted (requestVideoFrameCallback) with a measured TTFF; then the same
 with the microphone (Chromium's fake capture device).
 
-Skipped when Chromium or Playwright is missing, unless LIVEAVATAR_RT_REQUIRE_BROWSER=1 (CI
-sets it, so there the test cannot silently vanish)."""
+Skipped when Chromium or Playwright is missing, unless LIVEAVATAR_RT_REQUIRE_BROWSER=1 (`make
+test` sets it after installing Chromium, so there the test cannot silently vanish)."""
 from __future__ import annotations
 
 import os
-import shutil
 import wave
 
 import numpy as np
 import pytest
 
+from liveavatar_rt.system_deps import MissingTool, chromium_path, require
+
 from .conftest import http_get, metric
 
-CHROMIUM = os.environ.get("LIVEAVATAR_RT_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM = chromium_path()
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync", "--mute-audio",
          "--autoplay-policy=no-user-gesture-required",
@@ -31,8 +32,11 @@ def _browser_or_skip():
         from playwright.sync_api import sync_playwright
     except ImportError as e:
         missing, sync_playwright = f"playwright is not installed ({e})", None
-    if missing is None and not (os.path.isfile(CHROMIUM) or shutil.which(CHROMIUM)):
-        missing = f"no Chromium at {CHROMIUM}"
+    if missing is None:
+        try:
+            require("chromium")
+        except MissingTool as e:
+            missing = str(e)
     if missing:
         if os.environ.get("LIVEAVATAR_RT_REQUIRE_BROWSER") == "1":
             pytest.fail(f"browser test required but {missing}")
