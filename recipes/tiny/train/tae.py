@@ -1,0 +1,140 @@
+"""Stage 0 (alternative): train a TAEHV-layout autoencoder (liveavatar_rt/model/taehv.py) for
+the tiny model, on generated faces, photographs without people and procedural textures.
+
+    python -m recipes.tiny.train.tae --data data/tiny --run runs/tae/w64 --dec-widths 64,32,16,16 \
+        --enc-width 32 --minutes 30
+
+Samples: `--frames` (a multiple of 4) frames of `--crop` x `--crop`, drawn per sample from the
+face clips (`vae.FramePool`), a pan over a training photo (`ae_data.TRAIN_PHOTOS`, fraction
+`--photo-frac`) or a procedural texture (`--texture-frac`). Encode -> decode as the runtime
+streams: the decoded frames are frames 0 .. T-4 of the input (the last latent's lookahead).
+Loss: L1 + `--l2` x MSE + `--grad-weight` x L1 of image gradients (in [-1, 1] units).
+Every `--val-every` steps `ae_eval` PSNRs go to `tae/val/log.csv`; at the end (or when the
+budget stops it) `tae/result.json` gets the final PSNRs, decode ms per 12-frame 128x128 block
+and the accumulated training minutes. Resumable from `tae/ckpt.pt`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+from liveavatar_rt.model.taehv import TAEHV, TAEHVConfig
+
+from . import ae_data
+from .ae_eval import evaluate
+from .common import Budget, LossLog, Progress, cosine_lr, load_ckpt, optimize, save_ckpt, stage_dir
+from .vae import FramePool, grad_l1
+
+
+def config_of(state_or_args) -> TAEHVConfig:
+    get = state_or_args.get if isinstance(state_or_args, dict) else lambda k: getattr(state_or_args, k)
+    widths = get("dec_widths")
+    widths = tuple(int(w) for w in widths.split(",")) if isinstance(widths, str) else tuple(widths)
+    return TAEHVConfig(encoder_width=int(get("enc_width")), decoder_widths=widths)
+
+
+def load_trained_tae(run, dtype: torch.dtype = torch.float32) -> TAEHV:
+    path = stage_dir(run, "tae") / "ckpt.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} missing: run `python -m recipes.tiny.train.tae --run {run}` first")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    model = TAEHV(config_of(state["arch"]), dtype=dtype)
+    model.load_state_dict({k: v.to(dtype) for k, v in state["model"].items()})
+    return model.requires_grad_(False).eval()
+
+
+class Mixture:
+    """Per sample: a face crop, a photo pan or a texture -> [B, 3, T, crop, crop] in [-1, 1]."""
+
+    def __init__(self, pool: FramePool, rng: np.random.Generator, photo_frac: float, texture_frac: float):
+        self.pool, self.rng, self.photo, self.texture = pool, rng, photo_frac, texture_frac
+
+    def sample(self, batch: int, frames: int, crop: int) -> torch.Tensor:
+        out = []
+        for _ in range(batch):
+            u = self.rng.uniform()
+            if u < self.photo:
+                img = ae_data.tint(ae_data.load_photo(str(self.rng.choice(ae_data.TRAIN_PHOTOS))), self.rng)
+                out.append(ae_data.to_clip(ae_data.pan_clip(img, self.rng, frames, crop)))
+            elif u < self.photo + self.texture:
+                out.append(ae_data.to_clip(ae_data.texture_clip(self.rng, frames, crop)))
+            else:
+                out.append(self.pool.sample(1, frames, crop)[0])
+        return torch.stack(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="data/tiny")
+    ap.add_argument("--run", default="runs/tae/default")
+    ap.add_argument("--steps", type=int, default=20000)
+    ap.add_argument("--minutes", type=float, default=None, help="wall-time budget of this invocation (resumable)")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--frames", type=int, default=8, help="frames per sample, a multiple of 4")
+    ap.add_argument("--crop", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--enc-width", type=int, default=32)
+    ap.add_argument("--dec-widths", default="64,32,16,16", help="the 4 decoder widths (taew2_1: 256,128,64,64)")
+    ap.add_argument("--grad-weight", type=float, default=0.25)
+    ap.add_argument("--l2", type=float, default=0.0, help="weight of an MSE term (PSNR is MSE)")
+    ap.add_argument("--photo-frac", type=float, default=0.25)
+    ap.add_argument("--texture-frac", type=float, default=0.15)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--val-every", type=int, default=500)
+    args = ap.parse_args(argv)
+    if args.frames % 4 or args.frames < 8:
+        raise SystemExit(f"--frames must be a multiple of 4 and >= 8, got {args.frames}")
+
+    torch.manual_seed(args.seed)
+    out = stage_dir(args.run, "tae")
+    arch = {"enc_width": args.enc_width, "dec_widths": [int(w) for w in args.dec_widths.split(",")]}
+    if (out / "ckpt.pt").exists():
+        arch = torch.load(out / "ckpt.pt", map_location="cpu", weights_only=False)["arch"]
+    model = TAEHV(config_of(arch))
+    model.requires_grad_(True)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    state = load_ckpt(out / "ckpt.pt", model, opt) if (out / "ckpt.pt").exists() else {"step": 0}
+    step, seconds = state["step"], state.get("train_seconds", 0.0)
+    rng = np.random.default_rng(args.seed + step)
+    mix = Mixture(FramePool(args.data, rng), rng, args.photo_frac, args.texture_frac)
+    log = LossLog(out, ["loss", "l1", "mse", "grad"])
+    (out / "val").mkdir(exist_ok=True)
+    val_log = LossLog(out / "val", ["psnr_proc", "psnr_photo"])
+    t_start = time.time()
+    extra = lambda: {"arch": arch, "args": vars(args), "train_seconds": seconds + time.time() - t_start}  # noqa: E731
+    progress = Progress("tae", args.steps, step, log, lambda s, **kw: save_ckpt(out / "ckpt.pt", s, model, opt, **extra(), **kw))
+    budget = Budget(args.steps, args.minutes)
+    trim = model.config.frames_to_trim
+    while not budget.done(step):
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, args.steps, args.lr)
+        x = mix.sample(args.batch, args.frames, args.crop)
+        z, _ = model.encode_raw((x + 1) / 2)
+        y = model.decode_raw(z)[0] * 2 - 1
+        target = x[:, :, :x.shape[2] - trim]
+        l1 = (y - target).abs().mean()
+        mse = (y - target).square().mean()
+        gl = grad_l1(y, target)
+        loss = l1 + args.l2 * mse + args.grad_weight * gl
+        optimize(opt, loss, model.parameters())
+        step += 1
+        progress.tick(step, {"l1": f"{l1.item():.4f}"}, loss=loss.item(), l1=l1.item(), mse=mse.item(), grad=gl.item())
+        if args.val_every and step % args.val_every == 0:
+            model.eval()
+            val_log.write(step, **evaluate(model, timing=False))
+            val_log.plot()
+            model.train()
+    progress.close(step)
+    model.eval()
+    row = evaluate(model, threads=1) | {"step": step, "train_minutes": extra()["train_seconds"] / 60, "arch": arch,
+                                        "args": vars(args)}
+    (out / "result.json").write_text(json.dumps(row, indent=1))
+    print(f"tae: {step} steps; {json.dumps({k: v for k, v in row.items() if k != 'args'})}")
+
+
+if __name__ == "__main__":
+    main()
