@@ -77,8 +77,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--frames", type=int, default=8, help="frames per sample, a multiple of 4")
     ap.add_argument("--crop", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--enc-width", type=int, default=32)
-    ap.add_argument("--dec-widths", default="64,32,16,16", help="the 4 decoder widths (taew2_1: 256,128,64,64)")
+    ap.add_argument("--enc-width", type=int, default=None, help="encoder width (default 32; taew2_1: 64)")
+    ap.add_argument("--dec-widths", default=None, help="the 4 decoder widths (default 64,32,16,16; taew2_1: 256,128,64,64)")
     ap.add_argument("--grad-weight", type=float, default=0.25)
     ap.add_argument("--l2", type=float, default=0.0, help="weight of an MSE term (PSNR is MSE)")
     ap.add_argument("--photo-frac", type=float, default=0.25)
@@ -91,9 +91,12 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.manual_seed(args.seed)
     out = stage_dir(args.run, "tae")
-    arch = {"enc_width": args.enc_width, "dec_widths": [int(w) for w in args.dec_widths.split(",")]}
-    if (out / "ckpt.pt").exists():
-        arch = torch.load(out / "ckpt.pt", map_location="cpu", weights_only=False)["arch"]
+    arch = {"enc_width": args.enc_width or 32, "dec_widths": [int(w) for w in (args.dec_widths or "64,32,16,16").split(",")]}
+    if (out / "ckpt.pt").exists():  # the saved widths decide the model; asking for others is an error
+        saved = torch.load(out / "ckpt.pt", map_location="cpu", weights_only=False)["arch"]
+        if (args.enc_width or args.dec_widths) and arch != saved:
+            raise SystemExit(f"{out / 'ckpt.pt'} is {saved}; it cannot resume as {arch} (new --run?)")
+        arch = saved
     model = TAEHV(config_of(arch))
     model.requires_grad_(True)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
