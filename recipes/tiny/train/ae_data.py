@@ -121,7 +121,7 @@ def heldout_face_clips(n: int = 6, frames: int = 17, size: int = 128) -> tuple[t
     procedural evaluation set."""
     from recipes.tiny.clips import HELDOUT_START, make_clip
 
-    return tuple(to_clip(make_clip(HELDOUT_START + 500 + i, size=size, seconds=frames / 25 + 0.01).frames[:frames])
+    return tuple(to_clip(make_clip(HELDOUT_START + 500 + i, size=size, seconds=(frames + 1) / 25).frames[:frames])
                  for i in range(n))
 
 

@@ -5,7 +5,8 @@
     python -m recipes.tiny.train.ae_eval --vae-run runs/v2           # a `train.vae` run
 
 PSNR (dB, frames in [0, 1], per clip over all its pixels, averaged over clips) of encode ->
-decode at 128x128, 17 frames, through the inference API (`encode` / `decode`, as the runtime
+decode at 128x128, 49 frames (4 blocks: decoders that drift after the first latents show it),
+through the inference API (`encode` / `decode`, as the runtime
 would): `psnr_proc` on 6 generated faces of held-out identities, `psnr_photo` on
 `ae_data.EVAL_PHOTOS` (3 photographs of people + 2 other scenes, none in training) as slow pans.
 `decode_ms`: median streaming decode of one 12-frame 128x128 block (3 latent frames, after a
@@ -51,8 +52,8 @@ def decode_ms(model, threads: int = 2, repeats: int = 5, latent_channels: int = 
         torch.set_num_threads(old)
 
 
-def evaluate(model, threads: int = 2, timing: bool = True) -> dict[str, float]:
-    row = {"psnr_proc": psnr(model, heldout_face_clips()), "psnr_photo": psnr(model, eval_photo_clips())}
+def evaluate(model, threads: int = 2, timing: bool = True, frames: int = 49) -> dict[str, float]:
+    row = {"psnr_proc": psnr(model, heldout_face_clips(frames=frames)), "psnr_photo": psnr(model, eval_photo_clips(frames=frames))}
     if timing:
         row["decode_ms"] = decode_ms(model, threads)
     return row
