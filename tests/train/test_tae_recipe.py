@@ -48,3 +48,19 @@ def test_two_steps_train_and_resume(tmp_path, monkeypatch):
     model = tae.load_trained_tae(tmp_path / "run")
     assert model.config.decoder_widths == (8, 8, 4, 4)
     assert model.decode(torch.zeros(16, 2, 4, 4)).shape == (3, 5, 32, 32)
+
+
+def test_streams_targets_follow_the_decoded_frames():
+    """Chunk c of a stream decodes frames 4Nc - 3 .. 4N(c+1) - 4 (3 trimmed at the stream start)."""
+
+    class Frames:  # frame t of every sample has the value t
+        def sample(self, batch, frames, crop):
+            return torch.arange(frames, dtype=torch.float32).view(1, 1, frames, 1, 1).expand(batch, 3, frames, crop, crop)
+
+    s = tae.Streams(Frames(), batch=2, crop=8, chunk=2, length=18)  # 16 usable frames: 2 chunks, then a new stream
+    firsts = []
+    for _ in range(3):
+        x, target, enc, dec = s.next(trim=3)
+        firsts.append((x[0, 0, 0, 0, 0].item(), target[0, 0, 0, 0, 0].item(), target.shape[2], enc is None))
+        s.carry([None], tae.DecodeState([None], 5))
+    assert firsts == [(0, 0, 5, True), (8, 5, 8, False), (0, 0, 5, True)]
