@@ -1,6 +1,7 @@
 """`liveavatar-rt serve`: argument parsing and the foreground server.
 
     liveavatar-rt serve --model tiny [--host 127.0.0.1 --port 8000] [--tpp 2+1] [--token T]
+                        [--allow-origin https://app.example] [--allow-host avatar.lan]
 """
 from __future__ import annotations
 
@@ -21,6 +22,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="render on a local TPP ring ('2+1', '4+1', ...): one session at a time")
     p.add_argument("--token", default=None,
                    help="require this bearer token (default: $LIVEAVATAR_RT_TOKEN if set, else no auth)")
+    p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                   help="also accept websockets from pages of this origin (scheme://host[:port]; '*' = any; "
+                        "repeatable). Default: only the server's own page and non-browser clients")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="also accept this Host name (besides the bind address and localhost; '*' = any; "
+                        "repeatable): the name clients use when the server is reached through DNS or a proxy")
     p.add_argument("--max-sessions", type=int, default=d.max_sessions, help="concurrent sessions; more get 'busy'")
     p.add_argument("--max-image-mb", type=float, default=d.max_image_bytes / MiB, help="largest image file (MiB)")
     p.add_argument("--max-image-pixels", type=int, default=d.max_image_pixels)
@@ -32,6 +39,14 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="seconds of audio accepted ahead of the rendered stream before reading pauses")
     p.add_argument("--silence-after", type=float, default=d.silence_after_s,
                    help="seconds without audio after which silence is streamed (idle avatar)")
+    p.add_argument("--start-timeout", type=float, default=d.start_timeout_s,
+                   help="seconds from connecting to the start message")
+    p.add_argument("--audio-timeout", type=float, default=d.audio_timeout_s,
+                   help="seconds from 'ready' to the first audio message")
+    p.add_argument("--max-silence", type=float, default=d.max_silence_s,
+                   help="seconds of silence streamed without client audio before the session is closed")
+    p.add_argument("--ack-timeout", type=float, default=d.ack_timeout_s,
+                   help="seconds segments may wait on unacknowledged ones before the session is closed")
     p.add_argument("--queue-segments", type=int, default=d.queue_segments,
                    help="segments queued per client before the oldest is dropped")
     p.add_argument("--ack-window", type=int, default=d.ack_window, help="unacknowledged segments in flight")
@@ -46,11 +61,14 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
     token = args.token if args.token is not None else os.environ.get("LIVEAVATAR_RT_TOKEN") or None
-    return ServeConfig(host=args.host, port=args.port, token=token, max_sessions=args.max_sessions,
+    return ServeConfig(host=args.host, port=args.port, token=token, allowed_origins=tuple(args.allow_origin),
+                       allowed_hosts=tuple(args.allow_host), max_sessions=args.max_sessions,
                        max_image_bytes=int(args.max_image_mb * MiB), max_image_pixels=args.max_image_pixels,
                        max_message_bytes=int(args.max_message_mb * MiB), min_sample_rate=args.min_sample_rate,
                        max_sample_rate=args.max_sample_rate, max_audio_ahead_s=args.max_audio_ahead,
-                       silence_after_s=args.silence_after, queue_segments=args.queue_segments,
+                       silence_after_s=args.silence_after, start_timeout_s=args.start_timeout,
+                       audio_timeout_s=args.audio_timeout, max_silence_s=args.max_silence,
+                       ack_timeout_s=args.ack_timeout, queue_segments=args.queue_segments,
                        ack_window=args.ack_window)
 
 
@@ -74,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"liveavatar-rt serve: warm-up block rendered in {engine.warmup():.1f} s", file=sys.stderr)
     app = create_app(engine, cfg)
     auth = "bearer token required" if cfg.token else "no auth"
-    print(f"liveavatar-rt serve: http://{cfg.host}:{cfg.port}/ ({auth}, "
+    origins = ", ".join(cfg.allowed_origins) if cfg.allowed_origins else "same origin only"
+    print(f"liveavatar-rt serve: http://{cfg.host}:{cfg.port}/ ({auth}, websockets from {origins}, "
           f"{app.state.server.capacity} session(s) at most)", file=sys.stderr)
     try:
         uvicorn.Server(uvicorn_config(app, cfg, args.log_level)).run()

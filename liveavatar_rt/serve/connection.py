@@ -1,34 +1,51 @@
-"""One websocket client = one session: receive loop, send loop, silence feeder, teardown.
+"""One websocket client = one session: receive loop, send loop, clock, teardown.
 
-Everything here runs on the event loop; the model runs in the session's StreamWorker thread.
-- receive: start -> (audio | ack | end)*; audio is pushed into the session at once (cheap).
-  When the audio received runs more than `max_audio_ahead_s` ahead of what was rendered,
-  reading pauses, so TCP flow control slows the client down instead of buffers growing.
+Everything here runs on the event loop; the model runs in the session's StreamWorker thread and
+audio is decoded and pushed in its AudioFeeder thread (audio_in.py), so no client's input can
+hold the loop.
+- receive: start -> (audio | ack | end | player)*, at most `max_messages_per_s` messages a
+  second (limits.Throttle: past it reading pauses). The start message is parsed and its image
+  decoded off the loop. When the audio received runs more than `max_audio_ahead_s` ahead of what
+  was rendered, reading pauses, so TCP flow control slows the client down instead of buffers
+  growing.
 - send: a bounded queue of segments. A segment leaves only while fewer than `ack_window`
   segments are unacknowledged; when `queue_segments` are waiting the oldest is dropped
   (counted as dropped frames), so a client that stops reading costs bounded memory.
-- silence: once audio has started, if none arrives for `silence_after_s`, silence is pushed
-  in real time (up to the wall clock) so the avatar keeps moving, listening.
-- teardown (disconnect, error, end): stop the worker, wait for it, release the slot, then close
-  the socket (so a client that reconnects on the close finds its slot free).
+- clock (every 0.1 s): once audio has started, if none arrives for `silence_after_s`, silence
+  is pushed in real time (up to the wall clock) so the avatar keeps moving, listening; and each
+  phase's deadline is checked (limits.py: start, first audio, silence cap, ack).
+- teardown (disconnect, error, done, deadline): never waits without a deadline (aio.py): stop
+  the tasks (<= 1 s), send the error if any (<= 2 s), give a block in flight <= 1 s (an exclusive
+  engine such as a TPP ring: up to 30 s), release the slot, then close the socket (<= 2 s; a
+  client that reconnects on the close finds its slot free).
 """
 from __future__ import annotations
 
 import asyncio
 import collections
 import json
+import logging
 import time
 
-import numpy as np
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from .aio import join_thread, settle, within
+from .audio_in import AudioFeeder
 from .config import ServeConfig
+from .limits import Phase, Throttle, expired
 from .metrics import SessionStats
-from .protocol import ProtocolError, StartRequest, decode_pcm, parse_ack, parse_player, parse_start, parse_text
+from .protocol import ProtocolError, StartRequest, parse_ack, parse_first_message, parse_player, parse_text
+from .transport import TRANSPORT_ERRORS
 from .worker import StreamWorker
 
-SILENCE_TICK_S = 0.1
-WORKER_JOIN_S = 30.0  # a block in flight finishes first; the 14B model may need long
+log = logging.getLogger("liveavatar_rt.serve")
+
+TICK_S = 0.1  # the clock: silence feeding and deadline checks
+BACKPRESSURE_POLL_S = 0.05
+TASK_GRACE_S = 1.0  # stopped tasks get this long; stragglers are left to end when the socket closes
+SEND_GRACE_S = 2.0  # the error message and the close frame each get this long
+WORKER_GRACE_S = 1.0  # a block in flight may finish after the slot is freed (sessions are independent)
+WORKER_JOIN_S = 30.0  # an exclusive engine (TPP ring): the next session must not start before it ends
 
 
 class Connection:
@@ -36,56 +53,57 @@ class Connection:
         self.ws, self.server, self.cfg = ws, server, server.cfg
         self.cfg: ServeConfig
         self.sid = session_id
+        now = time.monotonic()
         self.stats = SessionStats(session_id, self.cfg.late_slack_s, fps=server.engine.fps)
+        self.phase = Phase(opened_at=now)
+        self.throttle = Throttle(self.cfg.max_messages_per_s, now)
         self.req: StartRequest | None = None
         self.worker: StreamWorker | None = None
         self.sess = None
+        self.feeder: AudioFeeder | None = None
         self.queue: collections.deque = collections.deque()
         self.wake = asyncio.Event()
         self.acked = 0  # highest segment seq the client acknowledged
         self.sent_seq = 0
         self.pushed_s = 0.0  # audio pushed into the session (client + silence), seconds
         self.rendered_s = 0.0  # audio consumed by finished blocks, seconds
-        self.last_audio_at: float | None = None
-        self.ended = False
         self.finished = False  # done or error queued: nothing more will be produced
+        self.closing = False  # teardown began: every loop stops at its next look
         self._send_lock = asyncio.Lock()
+        self._pair_open = False  # a segment header went out without its payload (cancelled mid-pair)
         self._close_with = (1000, "")  # the close frame sent at teardown (an error sets its own)
         self._released = False
 
     # ---- entry ----------------------------------------------------------------------------
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        tasks: list[asyncio.Task] = []
+        tasks = {asyncio.create_task(self._receive_loop(), name=f"{self.sid}-recv"),
+                 asyncio.create_task(self._send_loop(), name=f"{self.sid}-send"),
+                 asyncio.create_task(self._clock(), name=f"{self.sid}-clock")}
+        error = None
         try:
-            self.req = await self._receive_start()
-            self.server.stats.active[self.sid] = self.stats
-            self.worker = StreamWorker(self.server.engine, self.req,
-                                       lambda ev: loop.call_soon_threadsafe(self._on_event, ev), self.sid)
-            self.worker.start()
-            recv, send = asyncio.create_task(self._receive_loop()), asyncio.create_task(self._send_loop())
-            tasks = [recv, send, asyncio.create_task(self._silence_loop())]
-            # whichever ends first ends the session: the client (disconnect, bad input) or the
-            # stream (done, or a worker error already sent)
-            done, _ = await asyncio.wait({recv, send}, return_when=asyncio.FIRST_COMPLETED)
-            await self._cancel(tasks)
-            for t in done:
-                t.result()  # re-raise a ProtocolError or a disconnect
-        except ProtocolError as e:
-            await self._cancel(tasks)
-            await self._send_error(e)
-        except (WebSocketDisconnect, OSError):
-            pass  # the client went away: nothing to tell it
-        finally:
-            await self._cancel(tasks)
-            if self.worker is not None:
-                self.worker.stop()
-                await asyncio.to_thread(self.worker.join, WORKER_JOIN_S)
-            self.server.stats.finish(self.stats)
-            # the slot is free before the client sees the close: a client that reconnects on
-            # the close (after an error or the end) is never refused as busy by its own session
-            self.release()
-            await self._close(*self._close_with)
+            # whichever ends first ends the session: the client (disconnect, bad input), the
+            # stream (done, or a worker error already sent) or a missed deadline
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            error = self._outcome(done)
+        finally:  # also when run() itself is cancelled (server shutdown)
+            await self._teardown(tasks, error)
+
+    def _outcome(self, done) -> ProtocolError | None:
+        """The error to send for the tasks that ended (None: a normal end or a client gone)."""
+        errors = []
+        for t in done:
+            if t.cancelled():
+                continue
+            exc = t.exception()
+            if isinstance(exc, ProtocolError):
+                errors.append(exc)
+            elif isinstance(exc, WebSocketDisconnect):
+                if TRANSPORT_ERRORS.get(exc.code) == exc.reason:  # refused by the websocket layer,
+                    self.server.stats.error(exc.reason)  # which sent the JSON error itself
+            elif exc is not None and not isinstance(exc, OSError):
+                log.error("session %s: internal error", self.sid, exc_info=exc)
+                errors.append(ProtocolError("internal", f"server error: {type(exc).__name__}"))
+        return errors[0] if errors else None
 
     def release(self) -> None:
         """Give the server's session slot back (once; app.py calls it again on any exit)."""
@@ -93,109 +111,130 @@ class Connection:
             self._released = True
             self.server.release()
 
-    @staticmethod
-    async def _cancel(tasks: list[asyncio.Task]) -> None:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    async def _teardown(self, tasks, error: ProtocolError | None) -> None:
+        self.closing = True
+        if self.worker is not None:
+            self.worker.stop()
+        self.wake.set()
+        await settle(tasks, TASK_GRACE_S)
+        if error is not None:
+            self.server.stats.error(error.code)  # counted even when it cannot be delivered
+            self._close_with = (error.close_code, error.code)
+            if not self._client_gone() and not self._pair_open:
+                await within(self._send_quietly(error.to_json()), SEND_GRACE_S)
+        if self.worker is not None:
+            exclusive = self.server.engine.capacity_limit is not None
+            await join_thread(self.worker, WORKER_JOIN_S if exclusive else WORKER_GRACE_S)
+        if self.feeder is not None:
+            self.feeder.close()
+        self.server.stats.finish(self.stats)
+        # the slot is free before the client sees the close: a client that reconnects on
+        # the close (after an error or the end) is never refused as busy by its own session
+        self.release()
+        await within(self._close(*self._close_with), SEND_GRACE_S)
 
     # ---- receiving ------------------------------------------------------------------------
-    async def _receive(self, timeout: float, what: str) -> dict:
-        try:
-            msg = await asyncio.wait_for(self.ws.receive(), timeout)
-        except asyncio.TimeoutError:
-            code = "start_timeout" if what == "start" else "idle_timeout"
-            raise ProtocolError(code, f"no {what} message within {timeout:g} s") from None
+    async def _next_message(self) -> dict:
+        wait = self.throttle.delay(time.monotonic())
+        # always yield once: queued messages are returned without suspending, so a burst of
+        # them would otherwise run back to back and keep every other connection waiting
+        await asyncio.sleep(wait)
+        msg = await self.ws.receive()  # a plain await: cancellable at any point, nothing lost
         if msg["type"] == "websocket.disconnect":
-            raise WebSocketDisconnect(msg.get("code", 1000))
+            raise WebSocketDisconnect(msg.get("code", 1000), msg.get("reason"))
         return msg
 
-    def _check_size(self, msg: dict) -> None:
-        n = len(msg["bytes"]) if msg.get("bytes") is not None else len(msg.get("text") or "")
-        if n > self.cfg.max_message_bytes:
-            raise ProtocolError("message_too_large", f"message of {n} bytes exceeds the limit of "
-                                                     f"{self.cfg.max_message_bytes} bytes")
-
-    async def _receive_start(self) -> StartRequest:
-        msg = await self._receive(self.cfg.start_timeout_s, "start")
-        self._check_size(msg)
-        if msg.get("text") is None:
-            raise ProtocolError("protocol", 'the first message must be a JSON "start" message, got binary data')
-        parsed = parse_text(msg["text"], self.cfg)
-        if parsed["type"] != "start":
-            raise ProtocolError("protocol", f'the first message must be "start", got {parsed["type"]!r}')
-        # image decoding is bounded by the limits but can still take ~100 ms: off the loop
-        return await asyncio.to_thread(parse_start, parsed, self.cfg)
-
     async def _receive_loop(self) -> None:
-        while True:
-            while self.pushed_s - self.rendered_s > self.cfg.max_audio_ahead_s and not self.finished:
-                await asyncio.sleep(0.05)  # backpressure on the client's audio: stop reading
-            msg = await self._receive(self.cfg.idle_timeout_s, "client")
-            self._check_size(msg)
+        msg = await self._next_message()
+        self.phase.started = True  # the start deadline is met; parsing it is our time, not the client's
+        text = msg.get("text") if msg.get("bytes") is None else None
+        self.req = await asyncio.to_thread(parse_first_message, text, self.cfg)
+        if self.closing:
+            return
+        self.server.stats.active[self.sid] = self.stats
+        loop = asyncio.get_running_loop()
+        self.worker = StreamWorker(self.server.engine, self.req,
+                                   lambda ev: loop.call_soon_threadsafe(self._on_event, ev), self.sid)
+        self.worker.start()
+        while not self.closing:
+            while (self.pushed_s - self.rendered_s > self.cfg.max_audio_ahead_s and not self.finished
+                   and not self.closing):
+                await asyncio.sleep(BACKPRESSURE_POLL_S)  # backpressure on the client's audio: stop reading
+            msg = await self._next_message()
+            if self.closing:
+                return
             if msg.get("bytes") is not None:
-                self._on_audio(msg["bytes"])
-                continue
-            parsed = parse_text(msg.get("text") or "", self.cfg)
-            kind = parsed["type"]
-            if kind == "ack":
-                self.acked = max(self.acked, min(parse_ack(parsed), self.sent_seq))
-                self.wake.set()
-            elif kind == "player":
-                self.stats.on_player(**parse_player(parsed))
-            elif kind == "end":
-                if self.sess is None:
-                    raise ProtocolError("protocol", '"end" before the session was ready')
-                if not self.ended:
-                    self.ended = True
-                    self._guard(self.sess.end_audio)
+                await self._on_audio(msg["bytes"])
             else:
-                raise ProtocolError("protocol", 'the session has already started: "start" can be sent only once')
+                await self._on_text(msg.get("text") or "")
 
-    def _on_audio(self, data: bytes) -> None:
-        if self.sess is None:
+    async def _on_text(self, text: str) -> None:
+        parsed = parse_text(text, self.cfg, limit=self.cfg.max_control_bytes)
+        kind = parsed["type"]
+        if kind == "ack":
+            self.acked = max(self.acked, min(parse_ack(parsed), self.sent_seq))
+            self.wake.set()
+        elif kind == "player":
+            self.stats.on_player(**parse_player(parsed))
+        elif kind == "end":
+            if self.feeder is None:
+                raise ProtocolError("protocol", '"end" before the session was ready')
+            if not self.phase.ended:
+                self.phase.ended = True
+                await self.feeder.end()
+        else:
+            raise ProtocolError("protocol", 'the session has already started: "start" can be sent only once')
+
+    async def _on_audio(self, data: bytes) -> None:
+        if self.feeder is None:
             raise ProtocolError("protocol", 'audio sent before "ready": wait for the ready message')
-        if self.ended:
+        if self.phase.ended:
             raise ProtocolError("protocol", 'audio sent after "end"')
-        fmt = self.req.audio
-        pcm = decode_pcm(data, fmt)
-        if pcm.size:
-            seconds = pcm.size / fmt.sample_rate
-            self._guard(self.sess.push_audio, pcm, fmt.sample_rate)
-            self.pushed_s += seconds
-            self.stats.on_audio(seconds)
-            self.last_audio_at = time.monotonic()
+        if not data:
+            return
+        now = time.monotonic()
+        self.phase.last_audio_at, self.phase.silence_since = now, None
+        if self.phase.first_audio_at is None:
+            self.phase.first_audio_at = now
+        if self.stats.first_audio_at is None:
+            self.stats.first_audio_at = now  # TTFF runs from receipt, not from the end of the push
+        seconds = await self.feeder.audio(data)
+        self.pushed_s += seconds
+        self.stats.on_audio(seconds)
 
-    @staticmethod
-    def _guard(fn, *args) -> None:
-        """Push/end on a session that already failed: the worker reports the failure itself."""
-        try:
-            fn(*args)
-        except RuntimeError:  # SessionClosed, or a ring that stopped
-            pass
-
-    async def _silence_loop(self) -> None:
-        while True:
-            await asyncio.sleep(SILENCE_TICK_S)
-            if self.sess is None or self.ended or self.last_audio_at is None:
-                continue
+    # ---- the clock: silence and deadlines ----------------------------------------------------
+    async def _clock(self) -> None:
+        while not self.closing:
+            await asyncio.sleep(TICK_S)
             now = time.monotonic()
-            if now - self.last_audio_at < self.cfg.silence_after_s:
-                continue
-            deficit = (now - self.stats.first_audio_at) - self.pushed_s  # wall clock minus media clock
-            if deficit > SILENCE_TICK_S / 2:
-                rate = self.req.audio.sample_rate
-                n = int(min(deficit, 1.0) * rate)
-                self._guard(self.sess.push_audio, np.zeros(n, np.float32), rate)
-                self.pushed_s += n / rate
-                self.stats.on_audio(n / rate, silence=True)
+            err = expired(self.phase, self.cfg, now)
+            if err is not None:
+                raise err
+            await self._feed_silence(now)
+
+    async def _feed_silence(self, now: float) -> None:
+        p = self.phase
+        if self.feeder is None or p.ended or p.last_audio_at is None or now - p.last_audio_at < self.cfg.silence_after_s:
+            return
+        deficit = (now - self.stats.first_audio_at) - self.pushed_s  # wall clock minus media clock
+        if deficit > TICK_S / 2:
+            if p.silence_since is None:
+                p.silence_since = now
+            rate = self.req.audio.sample_rate
+            n = int(min(deficit, 1.0) * rate)
+            await self.feeder.silence(n)
+            self.pushed_s += n / rate
+            self.stats.on_audio(n / rate, silence=True)
 
     # ---- events from the worker thread ------------------------------------------------------
     def _on_event(self, ev: tuple) -> None:
+        if self.closing:
+            return  # posted before the worker saw stop(): nobody will send it
         kind = ev[0]
         if kind == "ready":
             self.sess = ev[1]
-            self.stats.ready_at = time.monotonic()
+            self.stats.ready_at = self.phase.ready_at = time.monotonic()
+            self.feeder = AudioFeeder(self.sess, self.req.audio, self.sid)
             self.queue.append(("json", {"type": "ready", "session": self.sid, "width": self.sess.width,
                                         "height": self.sess.height, "fps": self.server.engine.fps,
                                         "audio_rate": self.server.engine.audio_rate, "note": self.server.engine.note,
@@ -225,12 +264,19 @@ class Connection:
         self.wake.set()
 
     # ---- sending ----------------------------------------------------------------------------
+    def _window_full(self) -> bool:
+        return self.queue[0][0] == "segment" and self.sent_seq - self.acked >= self.cfg.ack_window
+
     async def _send_loop(self) -> None:
-        while True:
-            while not self.queue or (self.queue[0][0] == "segment"
-                                     and self.sent_seq - self.acked >= self.cfg.ack_window):
+        while not self.closing:
+            while not self.queue or self._window_full():
+                # segments held back only by missing acks start the ack deadline (limits.py)
+                self.phase.ack_wait_since = (self.phase.ack_wait_since or time.monotonic()) if self.queue else None
                 self.wake.clear()
                 await self.wake.wait()
+                if self.closing:
+                    return
+            self.phase.ack_wait_since = None
             item = self.queue.popleft()
             kind = item[0]
             if kind == "json":
@@ -246,26 +292,32 @@ class Connection:
                 await self._send({"type": "done", "session": self.sid, "stats": self.stats.summary()})
                 return  # run() closes the socket after the teardown
             elif kind == "error":
-                await self._send_error(item[1])
+                e = item[1]
+                self.server.stats.error(e.code)
+                self._close_with = (e.close_code, e.code)
+                await self._send_quietly(e.to_json())
                 return
 
     async def _send(self, meta: dict, data: bytes | None = None) -> None:
         async with self._send_lock:  # a JSON header and its binary payload stay adjacent
+            self._pair_open = data is not None
             await self.ws.send_text(json.dumps(meta))
             if data is not None:
                 await self.ws.send_bytes(data)
+            self._pair_open = False
 
-    async def _send_error(self, e: ProtocolError) -> None:
-        self.server.stats.error(e.code)
+    async def _send_quietly(self, meta: dict) -> None:
         try:
-            await self._send(e.to_json())
+            await self._send(meta)
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass  # the client is gone already
-        self._close_with = (e.close_code, e.code)  # sent by run() after the teardown
+
+    def _client_gone(self) -> bool:
+        return WebSocketState.DISCONNECTED in (self.ws.application_state, self.ws.client_state)
 
     async def _close(self, code: int, reason: str = "") -> None:
-        if WebSocketState.DISCONNECTED not in (self.ws.application_state, self.ws.client_state):
+        if not self._client_gone():
             try:
                 await self.ws.close(code, reason)
-            except (RuntimeError, OSError):
-                pass
+            except (WebSocketDisconnect, RuntimeError, OSError):
+                pass  # the client left meanwhile

@@ -32,11 +32,13 @@ from .config import ServeConfig
 
 # code -> websocket close code used after the error message
 ERROR_CODES = {
-    "unauthorized": 1008, "busy": 1013, "bad_json": 1003, "bad_message": 1008, "protocol": 1008,
-    "bad_image": 1008, "image_too_large": 1009, "bad_audio_format": 1008, "bad_sample_rate": 1008,
-    "bad_audio": 1008, "message_too_large": 1009, "bad_request": 1008, "start_timeout": 1008,
-    "idle_timeout": 1008, "internal": 1011,
+    "unauthorized": 1008, "bad_origin": 1008, "bad_host": 1008, "busy": 1013, "bad_json": 1003,
+    "bad_message": 1008, "protocol": 1008, "bad_image": 1008, "image_too_large": 1009, "bad_audio_format": 1008,
+    "bad_sample_rate": 1008, "bad_audio": 1008, "message_too_large": 1009, "bad_request": 1008,
+    "start_timeout": 1008, "audio_timeout": 1008, "idle_timeout": 1008, "ack_timeout": 1008, "internal": 1011,
 }
+# what the server decodes; the README lists these (GIF, TIFF, ... are refused as bad_image)
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP")
 AUDIO_FORMATS = {"s16le": np.dtype("<i2"), "f32le": np.dtype("<f4")}
 
 
@@ -76,15 +78,19 @@ class StartRequest:
     audio: AudioFormat
 
 
-def parse_text(text: str, cfg: ServeConfig) -> dict:
-    """A text message -> a dict with a known "type" (ProtocolError otherwise)."""
-    if len(text) > cfg.max_message_bytes:
+def parse_text(text: str, cfg: ServeConfig, limit: int | None = None) -> dict:
+    """A text message -> a dict with a known "type" (ProtocolError otherwise). `limit`: the
+    largest text accepted (default the message limit; control messages after start get less)."""
+    limit = cfg.max_message_bytes if limit is None else limit
+    if len(text) > limit:
         raise ProtocolError("message_too_large", f"text message of {len(text)} bytes exceeds the limit of "
-                                                 f"{cfg.max_message_bytes} bytes")
+                                                 f"{limit} bytes")
     try:
         msg = json.loads(text)
     except ValueError as e:
         raise ProtocolError("bad_json", f"text messages must be JSON objects: {e}") from None
+    except RecursionError:  # "[[[[...": the decoder's nesting guard; not an internal error
+        raise ProtocolError("bad_json", "text messages must be JSON objects: nested too deeply") from None
     if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
         raise ProtocolError("bad_message", 'a message must be a JSON object with a string "type"')
     if msg["type"] not in ("start", "ack", "end", "player"):
@@ -127,6 +133,18 @@ def parse_start(msg: dict, cfg: ServeConfig) -> StartRequest:
     return StartRequest(decode_image(msg.get("image"), cfg), prompt, seed, parse_audio_format(msg.get("audio"), cfg))
 
 
+def parse_first_message(text: str | None, cfg: ServeConfig) -> StartRequest:
+    """The connection's first message (text, or None when it was binary) -> StartRequest.
+    JSON parsing and the image decode take up to ~100 ms for the largest allowed start
+    message: connection.py runs this off the event loop."""
+    if text is None:
+        raise ProtocolError("protocol", 'the first message must be a JSON "start" message, got binary data')
+    parsed = parse_text(text, cfg)
+    if parsed["type"] != "start":
+        raise ProtocolError("protocol", f'the first message must be "start", got {parsed["type"]!r}')
+    return parse_start(parsed, cfg)
+
+
 def parse_audio_format(spec, cfg: ServeConfig) -> AudioFormat:
     if not isinstance(spec, dict):
         raise ProtocolError("bad_audio_format", '"audio" must be an object {"format", "sample_rate", "channels"}')
@@ -146,11 +164,16 @@ def parse_audio_format(spec, cfg: ServeConfig) -> AudioFormat:
     return AudioFormat(AUDIO_FORMATS[fmt], rate, ch)
 
 
-def decode_pcm(data: bytes, fmt: AudioFormat) -> np.ndarray:
-    """Binary audio -> mono float32 [n] (channels averaged). Whole sample frames only."""
-    if len(data) % fmt.frame_bytes:
-        raise ProtocolError("bad_audio", f"audio message of {len(data)} bytes is not a whole number of "
+def check_whole_frames(nbytes: int, fmt: AudioFormat) -> None:
+    if nbytes % fmt.frame_bytes:
+        raise ProtocolError("bad_audio", f"audio message of {nbytes} bytes is not a whole number of "
                                          f"{fmt.frame_bytes}-byte sample frames ({fmt.dtype.name} x {fmt.channels})")
+
+
+def decode_pcm(data: bytes, fmt: AudioFormat) -> np.ndarray:
+    """Binary audio (bytes or memoryview) -> mono float32 [n] (channels averaged). Whole sample
+    frames only."""
+    check_whole_frames(len(data), fmt)
     x = np.frombuffer(data, fmt.dtype).reshape(-1, fmt.channels)
     if fmt.dtype.kind == "i":
         x = x.astype(np.float32) / 32768.0
@@ -180,7 +203,7 @@ def decode_image(b64, cfg: ServeConfig) -> np.ndarray:
         raise ProtocolError("image_too_large", f"image of {len(raw)} bytes exceeds the limit of "
                                                f"{cfg.max_image_bytes} bytes")
     try:
-        with Image.open(io.BytesIO(raw)) as im:
+        with Image.open(io.BytesIO(raw), formats=IMAGE_FORMATS) as im:
             w, h = im.size  # header only: nothing decoded yet
             if w * h > cfg.max_image_pixels:
                 raise ProtocolError("image_too_large", f"image of {w}x{h} pixels exceeds the limit of "
@@ -189,7 +212,7 @@ def decode_image(b64, cfg: ServeConfig) -> np.ndarray:
     except ProtocolError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise ProtocolError("bad_image", f"cannot decode the image: {e}") from None
+        raise ProtocolError("bad_image", f"cannot decode the image (accepted: png, jpg, webp, bmp): {e}") from None
     try:
         return load_image(rgb)
     except ImageError as e:

@@ -15,9 +15,19 @@ from .config import ServeConfig
 
 
 def uvicorn_config(app, cfg: ServeConfig, log_level: str = "info") -> uvicorn.Config:
-    return uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=log_level, lifespan="off",
-                          ws_max_size=cfg.transport_max_bytes, ws_ping_interval=20.0, ws_ping_timeout=20.0,
-                          timeout_graceful_shutdown=5)
+    """The websocket layer of transport.py (JSON errors for the refusals it makes), no
+    permessage-deflate (a compressed message could inflate far past its wire size before being
+    refused), the message cap enforced from frame headers, pings to notice dead peers, and the
+    token redacted from uvicorn's log lines (logs.py)."""
+    from .logs import install_redaction
+    from .transport import JsonErrorWebSocketProtocol
+
+    config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=log_level, lifespan="off",
+                            ws=JsonErrorWebSocketProtocol, ws_max_size=cfg.transport_max_bytes,
+                            ws_per_message_deflate=False, ws_ping_interval=20.0, ws_ping_timeout=20.0,
+                            timeout_graceful_shutdown=5)
+    install_redaction()  # after Config(): it (re)configures uvicorn's loggers; filters survive that
+    return config
 
 
 class BackgroundServer:

@@ -20,8 +20,10 @@ SPEECH = ROOT / "assets" / "example" / "speech.wav"
 KiB = 1024
 SIDE = 64  # test portrait side (px)
 # Small limits so the oversize tests stay cheap; the portrait (33 KiB) and its base64 fit.
+# Generous deadlines (a slow shared machine must not trip them) except where a test sets its own.
 TEST_LIMITS = dict(port=0, max_sessions=2, max_image_bytes=200 * KiB, max_image_pixels=1024 * 1024,
-                   max_message_bytes=400 * KiB, start_timeout_s=5.0, idle_timeout_s=30.0, silence_after_s=0.3)
+                   max_message_bytes=400 * KiB, start_timeout_s=5.0, audio_timeout_s=30.0, max_silence_s=30.0,
+                   ack_timeout_s=60.0, silence_after_s=0.3)
 
 
 @pytest.fixture(scope="session", autouse=True)

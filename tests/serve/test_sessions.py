@@ -15,7 +15,7 @@ from websockets.exceptions import ConnectionClosed
 
 from liveavatar_rt.serve.client import ServerError, StreamClient
 
-from .conftest import SIDE, decode_stream, http_get, metric, png_bytes, run_session, wait_until
+from .conftest import SIDE, decode_stream, http_get, metric, png_bytes, run_session, wait_idle, wait_until
 
 from .conftest import FULL_S, expected_frames
 
@@ -97,6 +97,7 @@ def test_two_concurrent_sessions_are_isolated(server, portrait, speech, solo):
 def test_capacity_refusal_then_admission(server, portrait, speech):
     """A slot is taken when the websocket is accepted, so two idle connections fill the server."""
     _, rate = speech
+    wait_idle(server)  # the previous test's sessions may still be tearing down (slots in use)
     held = [StreamClient(server.ws_url, timeout=60) for _ in range(2)]
     try:
         wait_until(lambda: json.loads(http_get(server.url + "/healthz")[1])["sessions"] == 2, 10, "2 slots taken")
