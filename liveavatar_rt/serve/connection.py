@@ -214,7 +214,9 @@ class Connection:
 
     async def _feed_silence(self, now: float) -> None:
         p = self.phase
-        if self.feeder is None or p.ended or p.last_audio_at is None or now - p.last_audio_at < self.cfg.silence_after_s:
+        if self.feeder is None or p.ended or p.last_audio_at is None:
+            return
+        if now - p.last_audio_at < self.cfg.silence_after_s:
             return
         deficit = (now - self.stats.first_audio_at) - self.pushed_s  # wall clock minus media clock
         if deficit > TICK_S / 2:
