@@ -35,7 +35,7 @@ from .config import ServeConfig
 from .limits import Phase, Throttle, expired
 from .metrics import SessionStats
 from .protocol import ProtocolError, StartRequest, parse_ack, parse_first_message, parse_player, parse_text
-from .transport import TRANSPORT_ERRORS
+from .transport import TRANSPORT_ERRORS, transport_closed
 from .worker import StreamWorker
 
 log = logging.getLogger("liveavatar_rt.serve")
@@ -159,7 +159,11 @@ class Connection:
         while not self.closing:
             while (self.pushed_s - self.rendered_s > self.cfg.max_audio_ahead_s and not self.finished
                    and not self.closing):
-                await asyncio.sleep(BACKPRESSURE_POLL_S)  # backpressure on the client's audio: stop reading
+                # backpressure on the client's audio: stop reading (not reading, the disconnect
+                # would wait in the queue: ask the transport whether the client is still there)
+                if transport_closed(self.ws.scope):
+                    raise WebSocketDisconnect(1006, "lost while reading was paused")
+                await asyncio.sleep(BACKPRESSURE_POLL_S)
             msg = await self._next_message()
             if self.closing:
                 return

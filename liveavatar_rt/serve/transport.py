@@ -14,6 +14,10 @@
    at once, with the client's unread payload in the kernel buffer, makes the kernel send a
    reset, and a client that is still sending then loses the error and the close frame we sent
    (seen 4 times in 5 with a 500 KiB message).
+4. A client that vanishes while the app has stopped reading (audio-ahead backpressure) is
+   noticed: with reading paused the transport never sees the peer's FIN or reset, so every
+   LIVENESS_S while paused a ping is written (the write to a dead peer fails within two of
+   them), and the app can ask `transport_closed(scope)` instead of waiting on a receive.
 
 Built on uvicorn 0.54's WebSocketsSansIOProtocol (its `conn` attribute) and websockets 17's
 ServerProtocol.fail(); both versions are pinned in the Makefile and tests/serve/test_faults.py
@@ -29,6 +33,15 @@ from websockets.protocol import OPEN
 from websockets.server import ServerProtocol
 
 LINGER_S = 2.0  # after a refusal, how long the rest of the refused message is read and dropped
+LIVENESS_S = 0.5  # while the app is not reading, a ping this often (to notice a vanished peer)
+SCOPE_KEY = "liveavatar.transport"  # scope["extensions"][SCOPE_KEY]["closed"]() -> bool
+
+
+def transport_closed(scope) -> bool:
+    """True once the connection is lost (even if the app has not received the disconnect yet).
+    False when the server runs another websocket layer (no such extension)."""
+    probe = scope.get("extensions", {}).get(SCOPE_KEY)
+    return bool(probe and probe["closed"]())
 
 # websocket close code the library fails with -> our error code (also the close reason)
 TRANSPORT_ERRORS = {1009: "message_too_large", 1007: "bad_message", 1002: "protocol"}
@@ -58,6 +71,31 @@ class JsonErrorWebSocketProtocol(WebSocketsSansIOProtocol):
         self.conn = _JsonErrorServerProtocol(extensions=old.available_extensions,
                                              max_size=(old.max_message_size, old.max_fragment_size), logger=old.logger)
         self._refused = False
+        self._liveness = None
+
+    def handle_connect(self, event) -> None:
+        super().handle_connect(event)
+        if getattr(self, "scope", None) is not None:  # the app task is scheduled, not started yet
+            self.scope["extensions"][SCOPE_KEY] = {"closed": lambda: self.disconnected}
+            self._liveness = self.loop.call_later(LIVENESS_S, self._check_liveness)
+
+    def _check_liveness(self) -> None:
+        self._liveness = None
+        if self.disconnected or self.close_sent or self.transport.is_closing():
+            return
+        if self.read_paused and self.handshake_complete:
+            try:
+                self.conn.send_ping(b"live")
+                self.transport.write(b"".join(self.conn.data_to_send()))
+            except Exception as e:  # InvalidState while closing: the next look stops
+                self.logger.debug("liveness ping not sent: %r", e)
+        self._liveness = self.loop.call_later(LIVENESS_S, self._check_liveness)
+
+    def connection_lost(self, exc) -> None:
+        if self._liveness is not None:
+            self._liveness.cancel()
+            self._liveness = None
+        super().connection_lost(exc)
 
     def handle_parser_exception(self) -> None:
         """uvicorn calls this after every data_received() once the parser failed; the first call

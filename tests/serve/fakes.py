@@ -35,6 +35,8 @@ class FakeWebSocket:
         self.closed_with: tuple | None = None
         self.on_send = on_send
         self.application_state = self.client_state = WebSocketState.CONNECTED
+        self.lost = False  # the transport lost the peer (what transport.py reports through the scope)
+        self.scope = {"extensions": {"liveavatar.transport": {"closed": lambda: self.lost}}}
 
     def push_text(self, text: str) -> None:
         self.inbox.put_nowait({"type": "websocket.receive", "text": text})

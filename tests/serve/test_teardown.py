@@ -157,3 +157,28 @@ def test_a_message_flood_is_throttled_not_refused(fake_worker):
         assert took > 0.4  # 6000 messages past a 4000-message burst at 4000/s: >= 0.5 s
 
     asyncio.run(main())
+
+
+def test_a_client_lost_while_reading_is_paused_is_noticed(fake_worker):
+    """Audio far ahead of the render: the receive loop stops reading, so a disconnect would
+    wait in the queue unread; the transport's report frees the slot (issue 15 saw 5.8-7.7 s)."""
+    rate = 16000
+
+    async def main():
+        server = FakeServer(max_audio_ahead_s=1.0)
+
+        def script(ws, msg):
+            if msg["type"] == "ready":
+                ws.push_bytes(np.zeros(3 * rate, "<i2").tobytes())  # 3 s ahead of a render that never comes
+                ws.push_bytes(np.zeros(rate, "<i2").tobytes())  # left unread: reading is paused
+
+        ws = FakeWebSocket(on_send=script)
+        ws.push_text(start_text(png_bytes(64, 64)))
+        task = asyncio.create_task(Connection(ws, server, "s1").run())
+        await asyncio.sleep(0.5)
+        assert not task.done() and ws.inbox.qsize() == 1  # paused, not reading
+        ws.lost, t0 = True, time.monotonic()
+        await asyncio.wait_for(task, 5)
+        assert server.released == 1 and server.released_at - t0 < 1.5
+
+    asyncio.run(main())
