@@ -33,6 +33,7 @@ from .aio import join_thread, settle, within
 from .audio_in import AudioFeeder
 from .config import ServeConfig
 from .limits import Phase, Throttle, expired
+from .memory import trim_soon
 from .metrics import SessionStats
 from .protocol import ProtocolError, StartRequest, parse_ack, parse_first_message, parse_player, parse_text
 from .transport import TRANSPORT_ERRORS, transport_closed
@@ -123,6 +124,7 @@ class Connection:
             if not self._client_gone() and not self._pair_open:
                 await within(self._send_quietly(error.to_json()), SEND_GRACE_S)
         if self.worker is not None:
+            self.worker.stop()  # again: a receive task that outlived settle() may have started it
             exclusive = self.server.engine.capacity_limit is not None
             await join_thread(self.worker, WORKER_JOIN_S if exclusive else WORKER_GRACE_S)
         if self.feeder is not None:
@@ -132,6 +134,9 @@ class Connection:
         # the close (after an error or the end) is never refused as busy by its own session
         self.release()
         await within(self._close(*self._close_with), SEND_GRACE_S)
+        if self.worker is not None:  # the session's memory, once its thread has let go of it
+            await join_thread(self.worker, WORKER_GRACE_S)
+            trim_soon()
 
     # ---- receiving ------------------------------------------------------------------------
     async def _next_message(self) -> dict:

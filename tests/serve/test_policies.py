@@ -79,3 +79,14 @@ def test_deadlines():
     assert expired(p, cfg, 129.0) is None and expired(p, cfg, 131.0).code == "idle_timeout"
     p.ended, p.ack_wait_since = True, 200.0
     assert expired(p, cfg, 219.0) is None and expired(p, cfg, 221.0).code == "ack_timeout"
+
+
+def test_malloc_trim_is_debounced(monkeypatch):
+    from liveavatar_rt.serve import memory
+
+    if memory._malloc_trim is None:
+        pytest.skip("not glibc")
+    monkeypatch.setattr(memory, "_last", 0.0)
+    monkeypatch.setattr(memory, "_running", False)
+    assert memory.trim_soon() is True
+    assert memory.trim_soon() is False  # within MIN_INTERVAL_S (or still running)

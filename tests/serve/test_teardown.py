@@ -96,8 +96,9 @@ def test_disconnect_frees_the_slot_while_a_block_is_in_flight(fake_worker):
         server = FakeServer()
         ws = FakeWebSocket(on_send=lambda ws, m: ws.push_disconnect() if m["type"] == "ready" else None)
         ws.push_text(start_text(png_bytes(64, 64)))
-        took = await _session(server, ws)
-        assert server.released == 1 and took < 2.0
+        t0 = time.monotonic()
+        await _session(server, ws)
+        assert server.released == 1 and server.released_at - t0 < 2.0  # run() itself may go on
 
     asyncio.run(main())
 
