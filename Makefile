@@ -32,7 +32,7 @@ DEPS := "setuptools>=70.1" wheel "numpy>=1.26" "safetensors>=0.4" "tqdm>=4.66" "
 	"ninja>=1.11" "pytest>=8" "pytest-benchmark>=4" "triton==$(TRITON_VERSION)" \
 	"transformers==5.23.0" "sentencepiece==0.2.3" "matplotlib==3.11.2" \
 	"fastapi==0.163.2" "starlette==1.10.0" "uvicorn==0.54.0" "websockets==17.4" "prometheus-client==0.26.0" \
-	"playwright==1.65.2"
+	"playwright==1.65.2" "scikit-image==0.26.0"
 
 # Persistent caches inside the checkout (cold C++ builds take ~30-60 s on 2 cores); no ccache.
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/build/torch_extensions
