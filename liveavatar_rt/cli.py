@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib.metadata
 import platform
 import sys
 
 import torch
 
-from .config import CUDA_GRAPH_CHOICES
+from .config import AUDIO_RATE, CUDA_GRAPH_CHOICES, DTYPES
 
 
 def _version(pkg: str) -> str:
@@ -42,37 +41,70 @@ def info(_: argparse.Namespace) -> int:
     return 0
 
 
+def add_generate_arguments(g: argparse.ArgumentParser, layout: str = "1") -> None:
+    g.add_argument("--image", required=True, help="reference portrait (png/jpg/webp/...)")
+    g.add_argument("--audio", required=True, help="speech audio file (wav/mp3/flac/m4a/...)")
+    g.add_argument("--out", required=True, help="output .mp4 path")
+    g.add_argument("--model", default="tiny", help="'tiny', a tiny model file (.safetensors) or a published-layout model directory")
+    g.add_argument("--prompt", default=None, help="text prompt (models with a umT5 encoder; not the tiny preset)")
+    g.add_argument("--seed", type=int, default=0, help="noise seed (and the tiny preset's weight seed)")
+    g.add_argument("--device", default="cpu", help="'cpu' or 'cuda' (on a ring: one GPU per rank)")
+    g.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    g.add_argument("--max-area", type=int, default=None, help="generation area in pixels (default: the model's)")
+    g.add_argument("--layout", "--tpp", dest="layout", default=layout, metavar="LAYOUT",
+                   help="'1' (one process) or timestep-forcing pipeline parallelism: '4+1' (4 DiT ranks + a VAE "
+                        "rank), '2+1', '1+1', or 'R' (VAE on the last DiT rank); local processes, or torchrun's")
+    g.add_argument("--timeout", type=float, default=30.0, help="ring: seconds any rank may wait without news")
+    g.add_argument("--threads", type=int, default=None,
+                   help="torch threads (this process; on a local ring each spawned rank gets 1 unless set)")
+    g.add_argument("--cuda-graphs", choices=list(CUDA_GRAPH_CHOICES), default="auto",
+                   help="replay the denoising steps as CUDA graphs (auto: on CUDA devices; 'on' without CUDA is an error)")
+
+
+def load_pipeline(args: argparse.Namespace):
+    """The Pipeline `generate`'s arguments describe (layout included)."""
+    from .config import StreamConfig
+    from .engine import Pipeline
+
+    ring = None
+    if args.layout.strip() != "1":
+        from .parallel import RingOptions
+
+        ring = RingOptions(timeout=args.timeout, threads=args.threads or 1)
+    return Pipeline.from_pretrained(args.model, device=args.device, dtype=DTYPES[args.dtype], seed=args.seed,
+                                    layout=args.layout, max_area=args.max_area, ring=ring,
+                                    stream=StreamConfig(cuda_graphs=CUDA_GRAPH_CHOICES[args.cuda_graphs]))
+
+
 def generate(args: argparse.Namespace) -> int:
     """Stream an avatar video for an image + audio file into an MP4 (H.264 + AAC)."""
     import time
 
-    from .engine import Pipeline
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    with load_pipeline(args) as pipe:
+        load_s = time.perf_counter() - t0
+        return _render(args, pipe, load_s)
+
+
+def _render(args: argparse.Namespace, pipe, load_s: float) -> int:
+    import time
+
     from .io.audio_file import read_audio
     from .io.video import Mp4Writer
 
-    if args.tpp:
-        if args.prompt is not None:
-            raise SystemExit("--prompt is not supported with --tpp yet")
-        from .parallel.__main__ import main as tpp_main
-
-        return tpp_main(["--layout", args.tpp, "--image", args.image, "--audio", args.audio, "--out", args.out,
-                         "--model", args.model, "--seed", str(args.seed), "--dtype", args.dtype,
-                         "--cuda-graphs", args.cuda_graphs])
-    t0 = time.perf_counter()
-    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
-    pipe = Pipeline.from_pretrained(args.model, device=args.device, dtype=dtype, seed=args.seed)
-    pipe.stream = dataclasses.replace(pipe.stream, cuda_graphs=CUDA_GRAPH_CHOICES[args.cuda_graphs])
-    load_s = time.perf_counter() - t0
     pcm, rate = read_audio(args.audio)
     seconds = len(pcm) / rate
-    print(f"model {args.model} loaded in {load_s:.2f} s; audio {seconds:.2f} s at {rate} Hz", file=sys.stderr)
+    print(f"model {args.model} loaded in {load_s:.2f} s (layout {pipe.layout}); audio {seconds:.2f} s at {rate} Hz",
+          file=sys.stderr)
     t_start = time.perf_counter()
     n_frames, first, n_first = 0, None, 0
     with pipe.session(args.image, prompt=args.prompt, seed=args.seed) as sess:
         sess.push_audio(pcm, rate)
         sess.end_audio()
         total = sess.audio.total_blocks
-        with Mp4Writer(args.out, sess.width, sess.height, fps=pipe.stream.fps, sample_rate=16000) as out:
+        with Mp4Writer(args.out, sess.width, sess.height, fps=pipe.stream.fps, sample_rate=AUDIO_RATE) as out:
             for block in sess.frames():
                 if first is None:
                     first, n_first = time.perf_counter() - t_start, len(block.video)
@@ -85,7 +117,8 @@ def generate(args: argparse.Namespace) -> int:
     print(file=sys.stderr)
     if pipe.note:
         print(f"note: {pipe.note}")
-    print(f"wrote {args.out}: {n_frames} frames ({n_frames / pipe.stream.fps:.2f} s), {sess.width}x{sess.height}")
+    print(f"wrote {args.out}: {n_frames} frames ({n_frames / pipe.stream.fps:.2f} s), {sess.width}x{sess.height}, "
+          f"layout {pipe.layout}")
     print(f"time to first frame {first:.2f} s (session start to first block; model load {load_s:.2f} s)")
     print(f"throughput {n_frames / elapsed:.1f} fps end to end ({elapsed:.2f} s for {seconds:.2f} s of audio)")
     if n_frames > n_first and elapsed > first:  # after the first block: what a live stream sustains
@@ -109,19 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     eval_cli.add_arguments(e)
     e.set_defaults(fn=eval_cli.run)
     g = sub.add_parser("generate", help="render an MP4 of the avatar speaking an audio file")
-    g.add_argument("--image", required=True, help="reference portrait (png/jpg/webp/...)")
-    g.add_argument("--audio", required=True, help="speech audio file (wav/mp3/flac/m4a/...)")
-    g.add_argument("--out", required=True, help="output .mp4 path")
-    g.add_argument("--model", default="tiny", help="'tiny', a tiny model file (.safetensors) or a published-layout model directory")
-    g.add_argument("--prompt", default=None, help="text prompt (models with a umT5 encoder; not the tiny preset)")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--device", default="cpu")
-    g.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
-    g.add_argument("--tpp", default=None, metavar="LAYOUT",
-                   help="timestep-forcing pipeline parallelism over local processes: '4+1' (4 DiT ranks + "
-                        "a VAE rank), '2+1', '1+1', or 'R' (VAE on the last DiT rank)")
-    g.add_argument("--cuda-graphs", choices=list(CUDA_GRAPH_CHOICES), default="auto",
-                   help="replay the denoising steps as CUDA graphs (auto: on CUDA devices; 'on' without CUDA is an error)")
+    add_generate_arguments(g)
     g.set_defaults(fn=generate)
     from .serve.cli import add_parser as add_serve_parser
 

@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -135,3 +137,8 @@ def from_name(name: str) -> ModelConfig:
 
 # CLI spelling of StreamConfig.cuda_graphs (generate, python -m liveavatar_rt.parallel)
 CUDA_GRAPH_CHOICES = {"auto": None, "on": True, "off": False}
+
+# The one map from CLI / config dtype names to torch dtypes (CPU runs bf16, never fp16).
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+# The audio rate of the features and of Block.audio PCM (input at any rate is resampled to it).
+AUDIO_RATE = 16000

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from ..ops.tolerance import provider_tolerance
-from .e2e import DTYPES, BenchConfig, bench, run_session
+from ..config import DTYPES
+from .e2e import BenchConfig, bench, run_session
 
 RULE = "fast error <= 2 x reference-ops error (both vs fp32 reference ops) + noise atol"
 # the largest max-abs error against the oracle the fast run may have (see module doc)

@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..config import AUDIO_RATE, DTYPES
 from .flops import block_flops
 from .memory import gpu_peak_mib, peak_rss_mib, reset_gpu_peak, rss_mib
 from .stats import summary
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "assets" / "example"
-DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 @dataclass(frozen=True)
@@ -60,11 +60,9 @@ class BenchConfig:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0 (0: torch's default), got {self.threads}")
-        if self.layout != "1" and self.provider is not None:
-            raise ValueError("--provider applies to one process; TPP ranks choose their own providers")
 
 
-def looped_audio(path: str, seconds: float, rate: int = 16000) -> np.ndarray:
+def looped_audio(path: str, seconds: float, rate: int = AUDIO_RATE) -> np.ndarray:
     """The file's audio at `rate`, repeated until it lasts `seconds` -> float32 [n]."""
     from ..audio.pcm import as_mono_float32
     from ..audio.resample import resample
@@ -79,18 +77,11 @@ def looped_audio(path: str, seconds: float, rate: int = 16000) -> np.ndarray:
 
 
 def _open(cfg: BenchConfig):
-    """-> (pipe-like object with .session(), the Pipeline, closer)."""
+    """The Pipeline of `cfg` (its layout included)."""
     from ..engine import Pipeline
 
-    dtype = DTYPES[cfg.dtype]
-    if cfg.layout == "1":
-        pipe = Pipeline.from_pretrained(cfg.model, device=cfg.device, dtype=dtype, seed=cfg.seed,
-                                        force_provider=cfg.provider, quiet=True)
-        return pipe, pipe, lambda: None
-    from ..parallel.launch import spawn_local
-
-    ring = spawn_local(cfg.layout, model=cfg.model, seed=cfg.seed, dtype=dtype)
-    return ring, ring.pipe, ring.close
+    return Pipeline.from_pretrained(cfg.model, device=cfg.device, dtype=DTYPES[cfg.dtype], seed=cfg.seed,
+                                    force_provider=cfg.provider, quiet=True, layout=cfg.layout)
 
 
 def run_session(cfg: BenchConfig, keep_outputs: bool = False) -> dict:
@@ -101,14 +92,14 @@ def run_session(cfg: BenchConfig, keep_outputs: bool = False) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()
-    front, pipe, close = _open(cfg)
+    pipe = _open(cfg)
     load_s = time.perf_counter() - t0
-    spb = 4 * pipe.stream.frames_per_block * 16000 // pipe.stream.fps  # samples per block (7680)
-    pcm = looped_audio(cfg.audio, cfg.blocks * spb / 16000 + 0.1)
+    spb = 4 * pipe.stream.frames_per_block * AUDIO_RATE // pipe.stream.fps  # samples per block (7680)
+    pcm = looped_audio(cfg.audio, cfg.blocks * spb / AUDIO_RATE + 0.1)
     per_block, n_frames, latents, videos = [], [], [], []
     try:
         t_sess = time.perf_counter()
-        sess = front.session(cfg.image, seed=cfg.seed)
+        sess = pipe.session(cfg.image, seed=cfg.seed)
         setup_s = time.perf_counter() - t_sess
         h, w = sess.height, sess.width
         latent_hw = tuple(sess.ref_latent.shape[-2:])
@@ -118,12 +109,12 @@ def run_session(cfg: BenchConfig, keep_outputs: bool = False) -> dict:
             if cfg.encode:
                 from ..io.video import Mp4Writer
 
-                writer = Mp4Writer(Path(tmp) / "bench.mp4", w, h, fps=pipe.stream.fps, sample_rate=16000)
+                writer = Mp4Writer(Path(tmp) / "bench.mp4", w, h, fps=pipe.stream.fps, sample_rate=AUDIO_RATE)
             blocks, pushed = sess.frames(), 0
             for n in range(cfg.blocks):
                 tb = time.perf_counter()
                 while sess.audio.blocks_ready() <= n and pushed < len(pcm):
-                    sess.push_audio(pcm[pushed:pushed + spb], 16000)
+                    sess.push_audio(pcm[pushed:pushed + spb], AUDIO_RATE)
                     pushed += spb
                 if n == cfg.blocks - 1:
                     sess.end_audio()  # the last block: the stream ends here
@@ -145,7 +136,7 @@ def run_session(cfg: BenchConfig, keep_outputs: bool = False) -> dict:
             if writer is not None:
                 writer.close()
     finally:
-        close()
+        pipe.close()
     out = {"load_s": load_s, "setup_s": setup_s, "warm_ttff_s": warm_ttff, "per_block": per_block,
            "frames": n_frames, "hw": (h, w), "latent_hw": latent_hw, "note": pipe.note,
            "providers": dict(pipe.model.ops.chosen), "cfg_model": pipe.model.cfg, "stream": pipe.stream,

@@ -3,6 +3,14 @@
     pipe = Pipeline.from_pretrained("tiny")            # or a published-layout directory
     video = pipe.generate("face.png", pcm, 16000)      # offline: same frames as streaming
     with pipe.session("face.png", seed=0) as sess: ... # streaming, see session.py
+
+    pipe = Pipeline.from_pretrained("tiny", layout="4+1")  # the same, on a TPP ring of 5 ranks
+    ...; pipe.close()                                       # (or `with Pipeline.from_pretrained(...)`)
+
+The layout is chosen here and only here: "1" runs every block in this process
+(`LocalExecutor`); "R+1" / "R" spread the denoising steps over R DiT ranks (+ a VAE rank) of a
+timestep-forcing pipeline (`parallel.front.RingExecutor`). Sessions are the same `Session`
+either way. A Pipeline does not change after construction.
 """
 from __future__ import annotations
 
@@ -15,12 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import ModelConfig, StreamConfig, from_name
+from ..config import AUDIO_RATE, StreamConfig, from_name
 from ..model import CausalWanS2V
 from ..model.init import init_random_
 from ..model.vae import VAEConfig, WanVAE
 from ..ops import OpTable
 from .conditioning import ConditioningCache
+from .executor import LocalExecutor, SessionSpec
 from .positions import PositionPolicy
 from .session import STREAM_START_DROP, Session
 
@@ -37,7 +46,6 @@ PUBLISHED_FILES = {
 TINY_VAE = VAEConfig(dim=8)
 TINY_MAX_AREA = 128 * 128
 PUBLISHED_MAX_AREA = 704 * 384
-AUDIO_RATE = 16000
 
 
 @dataclass
@@ -54,65 +62,127 @@ class Video:
             w.write(self.frames, self.audio)
 
 
+def _is_single(layout) -> bool:
+    return str(layout).strip() == "1"
+
+
 class Pipeline:
-    def __init__(self, model: CausalWanS2V, vae: WanVAE, stream: StreamConfig = StreamConfig(),
+    def __init__(self, model: CausalWanS2V, vae: WanVAE, stream: StreamConfig | None = None,
                  max_area: int = TINY_MAX_AREA, default_text: torch.Tensor | None = None, note: str = "",
-                 text_encoder=None, audio_features=None):
-        self.model, self.vae, self.stream, self.max_area = model, vae, stream, max_area
+                 text_encoder=None, audio_features=None, weights: dict | None = None):
+        self.model, self.vae = model, vae
+        self._stream, self._max_area = stream or StreamConfig(), max_area
         self.text_encoder = text_encoder  # prompt -> [Lt, 4096]; None: the model takes prompt_embeds only
         self.audio_features = audio_features  # pcm16k -> [layers, dim, T50] (wav2vec2); None: streaming log-mel
         self.dtype = model.ops.dtype
         self.default_text = default_text if default_text is not None else torch.zeros(1, model.cfg.text_dim, dtype=self.dtype)
         self.note = note  # shown to users (e.g. "random weights")
-        self.weights: dict = {}  # where the weights came from (tiny files: path, sha256, training info)
+        self.weights = weights or {}  # where the weights came from (tiny files: path, sha256, training info)
         # per-image session conditioning (VAE encodes + warmed decoder), see conditioning.py
         self.conditioning_cache = ConditioningCache(size=4)
+        self._ring = None  # parallel.front.FrontRing when the layout is a TPP ring
+
+    @property
+    def stream(self) -> StreamConfig:
+        """The streaming configuration (blocks, steps, cache, cuda_graphs): fixed at load."""
+        return self._stream
+
+    @property
+    def max_area(self) -> int:
+        """Generation area in pixels (the output size follows the image's aspect): fixed at load."""
+        return self._max_area
+
+    @property
+    def layout(self) -> str:
+        """'1' (this process) or the TPP ring's layout ('4+1', '2+1', '2', ...)."""
+        return "1" if self._ring is None else str(self._ring.layout)
+
+    @property
+    def ring(self):
+        """The TPP ring (parallel.front.FrontRing; `reports` after close() on a local ring), or None."""
+        return self._ring
+
+    @property
+    def max_sessions(self) -> int | None:
+        """Sessions that can run at once: None (no limit) in one process, 1 on a ring."""
+        return None if self._ring is None else 1
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike = "tiny", device: str = "cpu",
                         dtype: torch.dtype = torch.bfloat16, seed: int = 0, force_provider=None,
-                        quiet: bool = False) -> "Pipeline":
-        """'tiny' (packaged weights, or seeded random ones until trained weights ship), a tiny
-        single-file model (`*.safetensors` written by `liveavatar_rt.io.tiny.save_tiny`, e.g. a
-        candidate from recipes/tiny/train/export.py --out), or a directory in the published
-        layout (DiT shards + index json, liveavatar.safetensors LoRA, Wan2.1_VAE.pth)."""
-        ops = OpTable(device, dtype, force=force_provider)
-        if str(name_or_path) == "tiny":
-            return cls._tiny(ops, device, dtype, seed, quiet)
-        if Path(name_or_path).is_file():
-            return cls._tiny_file(Path(name_or_path), ops)  # a non-tiny file is named in the error
-        return cls._from_directory(Path(name_or_path), ops, device, dtype, quiet)
+                        quiet: bool = False, *, layout: str = "1", stream: StreamConfig | None = None,
+                        max_area: int | None = None, ring=None) -> "Pipeline":
+        """Load a model: 'tiny' (packaged weights, or seeded random ones until trained weights
+        ship), a tiny single-file model (`*.safetensors` written by
+        `liveavatar_rt.io.tiny.save_tiny`, e.g. a candidate from recipes/tiny/train/export.py
+        --out), or a directory in the published layout (DiT shards + index json,
+        liveavatar.safetensors LoRA, Wan2.1_VAE.pth).
+
+        layout: "1" (one process) or a TPP ring: "R+1" (R DiT ranks + a VAE rank, e.g. "4+1")
+        or "R" (the VAE on the last DiT rank). A ring's other ranks are spawned here as local
+        processes (gloo on 127.0.0.1), or, under torchrun, are the other torchrun processes:
+        there every rank calls from_pretrained with the same arguments, ranks above 0 serve
+        the ring inside this call and leave their process when rank 0 closes the pipeline.
+        stream: the StreamConfig (default: the published one; e.g. cuda_graphs); max_area: the
+        generation area in pixels (default: the model's); ring: parallel.RingOptions (timeouts,
+        threads per spawned rank, start method). Close a ring pipeline with close() (or `with`)."""
+        load = dict(name_or_path=name_or_path, device=device, dtype=dtype, seed=seed, force_provider=force_provider,
+                    stream=stream, max_area=max_area)
+        if _is_single(layout):
+            if ring is not None:
+                raise ValueError("ring options need a TPP layout ('4+1', '2+1', '2', ...), not layout '1'")
+            return cls._load(load, quiet)
+        from ..parallel.launch import RingOptions, rank_device, start_ring, torchrun_rank
+        from ..parallel.layout import Layout
+
+        lay, opts = Layout.parse(layout), ring or RingOptions()
+        if opts.torchrun():
+            device = load["device"] = rank_device(device, torchrun_rank())
+        pipe = cls._load(load, quiet)
+        pipe._ring = start_ring(pipe, lay, load, opts)
+        return pipe
 
     @classmethod
-    def _tiny_file(cls, path: Path, ops: OpTable) -> "Pipeline":
+    def _load(cls, load: dict, quiet: bool) -> "Pipeline":
+        """One process's Pipeline from from_pretrained's keywords."""
+        name, device, dtype = load["name_or_path"], load["device"], load["dtype"]
+        ops = OpTable(device, dtype, force=load["force_provider"])
+        opts = {"stream": load["stream"], "max_area": load["max_area"]}
+        if str(name) == "tiny":
+            return cls._tiny(ops, device, dtype, load["seed"], quiet, opts)
+        if Path(name).is_file():
+            return cls._tiny_file(Path(name), ops, opts)  # a non-tiny file is named in the error
+        return cls._from_directory(Path(name), ops, device, dtype, quiet, opts)
+
+    @classmethod
+    def _tiny_file(cls, path: Path, ops: OpTable, opts: dict) -> "Pipeline":
         import hashlib
 
         from ..io.tiny import load_tiny
 
         model, vae, meta = load_tiny(path, ops)
-        pipe = cls(model, vae, max_area=TINY_MAX_AREA, note="")
-        pipe.weights = {"file": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-                        "info": meta["info"]}
-        return pipe
+        weights = {"file": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "info": meta["info"]}
+        return cls(model, vae, stream=opts["stream"], max_area=opts["max_area"] or TINY_MAX_AREA, weights=weights)
 
     @classmethod
-    def _tiny(cls, ops: OpTable, device: str, dtype: torch.dtype, seed: int, quiet: bool) -> "Pipeline":
+    def _tiny(cls, ops: OpTable, device: str, dtype: torch.dtype, seed: int, quiet: bool, opts: dict) -> "Pipeline":
         """The bundled trained tiny model when its weights file is there; otherwise (a checkout
         that has not shipped them yet, or `LIVEAVATAR_RT_TINY_RANDOM=1` for tests of the code
         paths only) seeded random weights, said loudly."""
         ckpt = PACKAGED_WEIGHTS / "tiny.safetensors"
         if ckpt.is_file() and os.environ.get("LIVEAVATAR_RT_TINY_RANDOM", "") in ("", "0"):
-            return cls._tiny_file(ckpt, ops)
+            return cls._tiny_file(ckpt, ops, opts)
         model = init_random_(CausalWanS2V(from_name("tiny"), ops), seed=seed, device=device)
         vae = WanVAE(TINY_VAE, dtype=dtype, device=device, ops=ops).init_random_(seed)
         note = ("model 'tiny' without trained weights: using seeded random weights "
                 f"(seed {seed}); the video shows noise, not a face")
         if not quiet:
             print(f"liveavatar_rt: {note}", file=sys.stderr)
-        return cls(model, vae, max_area=TINY_MAX_AREA, note=note)
+        return cls(model, vae, stream=opts["stream"], max_area=opts["max_area"] or TINY_MAX_AREA, note=note)
 
     @classmethod
-    def _from_directory(cls, root: Path, ops: OpTable, device: str, dtype: torch.dtype, quiet: bool) -> "Pipeline":
+    def _from_directory(cls, root: Path, ops: OpTable, device: str, dtype: torch.dtype, quiet: bool,
+                        opts: dict) -> "Pipeline":
         """DiT (config.json + shards or one file), LoRA, VAE, umT5 + tokenizer, wav2vec2: every
         missing file is named before anything heavy is loaded."""
         from ..audio import Wav2VecFeatures
@@ -140,7 +210,8 @@ class Pipeline:
         audio = Wav2VecFeatures(paths["wav2vec2 folder"], device=device, dtype=dtype)
         if not quiet:
             print(f"liveavatar_rt: loaded {root} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-        return cls(model, vae, max_area=PUBLISHED_MAX_AREA, text_encoder=text, audio_features=audio)
+        return cls(model, vae, stream=opts["stream"], max_area=opts["max_area"] or PUBLISHED_MAX_AREA,
+                   text_encoder=text, audio_features=audio)
 
     def new_audio_stream(self, lead_in: bool = True):
         """A session's audio stream. lead_in: start it with the stream-start span the published
@@ -179,6 +250,23 @@ class Pipeline:
         text = self.default_text if prompt_embeds is None else prompt_embeds
         return Session(self, image, text.to(self.dtype), seed=seed, sink_replacement=sink_replacement,
                        positions=positions, sink_offset=sink_offset, decode=decode, lead_in=lead_in)
+
+    def _executor(self, spec: SessionSpec, wake):
+        """The block executor of a new session: this process, or the ring (one session at a time)."""
+        if self._ring is None:
+            return LocalExecutor(self, spec)
+        return self._ring.open(spec, wake)
+
+    def close(self) -> None:
+        """Shut the ring down (every rank ends); nothing to do in one process. Idempotent."""
+        if self._ring is not None:
+            self._ring.close()
+
+    def __enter__(self) -> "Pipeline":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def generate(self, image, audio, sample_rate: int, seed: int = 0, **session_kw) -> Video:
         """Offline: the whole clip at once; the same frames as streaming the same audio."""

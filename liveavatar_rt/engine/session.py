@@ -6,10 +6,13 @@
         block.video, block.audio, block.index, block.timings
     sess.end_audio(); sess.close()
 
-Per session (never shared): the step caches and conditioning K/V, the VAE's streaming decoder
-state, the audio buffers, the noise of the current clip. The pipeline holds only weights and
-the read-only per-image conditioning (conditioning.py), so a session that fails leaves the
-process and other sessions untouched.
+The session owns every rule the published model fixes: the audio stream, the noise of each
+clip, the sink-replacement schedule, the stream start, the PCM cut per block and the lifecycle.
+It hands each block to the pipeline's block executor as plain data (executor.py): one process
+(`LocalExecutor`) or a TPP ring (`parallel.front.RingExecutor`) computes it. Per session (never
+shared): the executor's step caches and decoder state, the audio buffers, the noise of the
+current clip. The pipeline holds only weights and the read-only per-image conditioning
+(conditioning.py), so a session that fails leaves the process and other sessions untouched.
 """
 from __future__ import annotations
 
@@ -21,8 +24,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .positions import PositionPolicy, SinkOffsets
-from .stepper import BlockStepper
+from .executor import BlockJob, BlockResult, SessionSpec
+from .positions import PositionPolicy
 
 
 @dataclass
@@ -37,11 +40,6 @@ class Block:
 def clip_noise(seed: int, clip: int, frames: int, h: int, w: int, dtype: torch.dtype) -> torch.Tensor:
     """Published noise: one CPU draw per clip, [16, frames, h, w], seeded by seed + clip index."""
     return torch.randn(16, frames, h, w, dtype=dtype, generator=torch.Generator().manual_seed(seed + clip))
-
-
-def to_uint8(video: torch.Tensor) -> torch.Tensor:
-    """Decoded video [3, T, H, W] in [-1, 1] -> uint8 frames [T, H, W, 3]."""
-    return ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0)
 
 
 # Published: the first 3 decoded frames of a stream (and their audio) are dropped. Sessions pad
@@ -61,6 +59,8 @@ class SessionClosed(RuntimeError):
 
 
 class Session:
+    """Open with `Pipeline.session(...)`; see the module docstring."""
+
     def __init__(self, pipe, image, text: torch.Tensor, seed: int = 0, sink_replacement: bool = True,
                  positions: PositionPolicy | None = None, sink_offset: int | None = None, decode: bool = True,
                  lead_in: bool = True):
@@ -78,23 +78,31 @@ class Session:
         # the streaming decoder starts warmed on the first 7 motion latents. Cached per image.
         cond = pipe.conditioning_cache.get(pipe.vae, ref, stream.motion_frames, dtype)
         self.ref_latent, self.motion = cond.ref_latent, cond.motion
-        h, w = self.ref_latent.shape[-2:]
-        self.stepper = BlockStepper(pipe.model, stream, (h, w), positions=positions,
-                                    offsets=SinkOffsets(seed=seed, low=stream.sink_offset_range[0],
-                                                        high=stream.sink_offset_range[1], fixed=sink_offset))
-        self.stepper.set_text(text)
-        self.stepper.prefill(self.ref_latent, self.motion)
-        self.decoder = cond.new_decoder()
+        spec = SessionSpec(seed=seed, height=self.height, width=self.width, text=text.to(dtype),
+                           ref_latent=self.ref_latent, motion=self.motion, positions=positions or PositionPolicy(),
+                           sink_offset=sink_offset, decode=decode, cond=cond)
+        self._cv = threading.Condition()
+        self.executor = pipe._executor(spec, self._wake)
         self.audio = pipe.new_audio_stream(lead_in)
         # produced frame j shows input frame j + input_offset_frames (the published start skips 3)
         self.input_offset_frames = 0 if lead_in else STREAM_START_DROP
-        self._cv = threading.Condition()
-        self._next = 0
+        self._submitted = 0  # blocks handed to the executor
+        self._next = 0  # blocks handed to the caller
+        self._submit_time: dict[int, float] = {}
         self._clip_noise: tuple[int, torch.Tensor] | None = None
-        self._first_block_latent: torch.Tensor | None = None
         self._closed = False
         self.error: BaseException | None = None
         self.setup_seconds = time.perf_counter() - t0
+
+    @property
+    def stats(self) -> dict:
+        """The executor's counters (the ring's per-session timings; {} in one process)."""
+        return getattr(self.executor, "stats", {})
+
+    def _wake(self) -> None:
+        """Called by an executor from another thread when a result (or its failure) is ready."""
+        with self._cv:
+            self._cv.notify_all()
 
     # ---- audio in -----------------------------------------------------------------------
     def push_audio(self, pcm, sample_rate: int) -> None:
@@ -115,29 +123,40 @@ class Session:
     def frames(self, timeout: float | None = None) -> Iterator[Block]:
         """Yield blocks in order as their audio arrives; returns after the last block once
         `end_audio()` was called. Waits for audio pushed from another thread (`timeout`
-        seconds at most per wait; TimeoutError after that)."""
+        seconds at most per wait; TimeoutError after that). Blocks are submitted to the
+        executor as soon as their audio is there, up to its depth ahead of the caller."""
         while True:
             with self._cv:
                 self._check_open()
-                ready = self._cv.wait_for(lambda: self._closed or self.audio.blocks_ready() > self._next
+                ready = self._cv.wait_for(lambda: self._closed or self.executor.ready() or self._can_submit()
                                           or self._finished(), timeout)
                 if not ready:
                     raise TimeoutError(f"no audio for block {self._next} within {timeout} s")
                 self._check_open()
                 if self._finished():
+                    self.executor.end()
                     return
-                n = self._next
+                job = self._job(self._submitted) if self._can_submit() else None
             try:
-                block = self._generate(n)
+                if job is not None:
+                    self._submit_time[job.index] = time.perf_counter()
+                    self.executor.submit(job)
+                    self._submitted += 1
+                    continue
+                block = self._block(self.executor.take())
             except BaseException as exc:
                 self.error = exc
                 self.close()
                 raise
-            self._next = n + 1
+            self._next += 1
             yield block
 
     def _finished(self) -> bool:
         return self.audio.ended and self._next >= self.audio.total_blocks
+
+    def _can_submit(self) -> bool:
+        return (self._submitted < self.audio.blocks_ready()
+                and self._submitted - self._next < self.executor.depth)
 
     def _noise(self, n: int) -> torch.Tensor:
         """Published noise: one draw per clip, [16, 4*F, h, w], seeded by seed + clip index."""
@@ -149,36 +168,32 @@ class Session:
         F = s.frames_per_block
         return self._clip_noise[1][None, :, k * F:(k + 1) * F]
 
-    @torch.no_grad()
-    def _generate(self, n: int) -> Block:
-        s, timings = self.pipe.stream, {}
-        t0 = time.perf_counter()
-        if self.sink_replacement and n == s.blocks_per_clip and self._first_block_latent is not None:
-            # Published multi-GPU sink replacement: after the first clip, the first generated
-            # latent frame becomes the reference and the conditioning prefill is re-run.
-            t = time.perf_counter()
-            self.stepper.prefill(self._first_block_latent, self.motion)
-            timings["sink_replacement"] = time.perf_counter() - t
-        feats = self.audio.block_features(n)[None]
-        latent = self.stepper.denoise(self._noise(n), n, feats, timings=timings)
-        if n == 0:
-            self._first_block_latent = latent[:, :, :1].clone()
-        if self.decode:
-            t = time.perf_counter()
-            video = self.decoder.decode(latent[0].float())  # [3, 12, H, W] after the warm-up
-            timings["vae_decode"] = time.perf_counter() - t
-            frames = to_uint8(video).numpy()
-        else:  # a zero-cost stand-in of the decoded shape, so the audio span is cut the same way
-            frames = np.broadcast_to(np.zeros((1, 1, 1, 3), np.uint8),
-                                     (4 * s.frames_per_block, self.height, self.width, 3))
-        pcm = self.audio.block_pcm(n)
+    def _job(self, n: int) -> BlockJob:
+        """Block n as data (under the lock: reads the audio stream)."""
+        # Published multi-GPU sink replacement: after the first clip, the first generated latent
+        # frame (of block 0) becomes the reference and the conditioning prefill is re-run.
+        bpc = self.pipe.stream.blocks_per_clip
+        return BlockJob(n, self._noise(n), self.audio.block_features(n)[None],
+                        keep_sink=self.sink_replacement and n == 0,
+                        resink=self.sink_replacement and n == bpc)
+
+    def _block(self, r: BlockResult) -> Block:
+        s = self.pipe.stream
+        n = r.index
+        if n != self._next:
+            raise RuntimeError(f"the executor returned block {n}, expected block {self._next}")
+        frames = r.frames.numpy() if r.frames is not None else None
+        if frames is None:  # a zero-cost stand-in of the decoded shape, so the audio span is cut the same way
+            frames = np.broadcast_to(np.zeros((1, 1, 1, 3), np.uint8), (4 * s.frames_per_block, self.height, self.width, 3))
+        with self._cv:
+            pcm = self.audio.block_pcm(n)
+            self.audio.release(n)
         if n == 0:
             frames, pcm = drop_stream_start(frames, pcm, s.frames_per_block)
-        if not self.decode:
+        if r.frames is None:
             frames = frames[:0]
-        self.audio.release(n)
-        timings["total"] = time.perf_counter() - t0
-        return Block(n, np.ascontiguousarray(frames), pcm, timings, latent)
+        timings = dict(r.timings, total=time.perf_counter() - self._submit_time.pop(n))
+        return Block(n, np.ascontiguousarray(frames), pcm, timings, r.latent)
 
     # ---- lifecycle ----------------------------------------------------------------------
     def _check_open(self) -> None:
@@ -186,10 +201,13 @@ class Session:
             raise SessionClosed("session is closed" + (f" after an error: {self.error!r}" if self.error else ""))
 
     def close(self) -> None:
+        """End the session (cancelling blocks still in flight) and free its caches."""
         with self._cv:
+            if self._closed:
+                return
             self._closed = True
             self._cv.notify_all()
-        self.stepper = None  # drop the caches now, not when the caller drops the session
+        self.executor.close()
 
     def __enter__(self) -> "Session":
         return self

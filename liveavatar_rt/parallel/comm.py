@@ -29,7 +29,12 @@ SIGNAL = threading.Condition()  # notified whenever a pending op finishes (and b
 
 
 class TPPError(RuntimeError):
-    """A pipeline rank failed, timed out, lost a peer or was aborted."""
+    """A pipeline rank failed, timed out, lost a peer or was aborted. `rank`: the rank at
+    fault where known (-1 otherwise); rank 0 names it in its ABORT."""
+
+    def __init__(self, msg: str = "", rank: int = -1):
+        super().__init__(msg)
+        self.rank = rank
 
 
 class TPPTimeout(TPPError):
@@ -101,8 +106,8 @@ class Pending:
         if self.error is not None:
             msg = _short(self.error)
             if "Connection" in msg or "Broken pipe" in msg:
-                raise PeerLost(f"lost rank {self.peer} during {self.what}: it exited or crashed ({msg})")
-            raise PeerLost(f"{self.what} with rank {self.peer} failed: {msg}")
+                raise PeerLost(f"lost rank {self.peer} during {self.what}: it exited or crashed ({msg})", self.peer)
+            raise PeerLost(f"{self.what} with rank {self.peer} failed: {msg}", self.peer)
 
 
 def wait_until(pred: Callable[[], bool], deadline: float, what: str, watch=()) -> None:
@@ -158,7 +163,7 @@ def _posted(op, buf: torch.Tensor, peer: int, tag: int, what: str):
     try:
         return op(buf, peer, tag=tag)
     except RuntimeError as exc:
-        raise PeerLost(f"lost rank {peer} while posting {what}: it exited or crashed ({_short(exc)})") from None
+        raise PeerLost(f"lost rank {peer} while posting {what}: it exited or crashed ({_short(exc)})", peer) from None
 
 
 class RecvChannel:

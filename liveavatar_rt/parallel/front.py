@@ -1,31 +1,29 @@
 """Rank 0: the front of the ring. `FrontRing` owns rank 0's side of torch.distributed in one
-driver thread; its sessions are `TPPSession`s (session.py) with Session's shape.
+driver thread; a Session on a ring pipeline computes its blocks through a `RingExecutor`.
 
-    ring = FrontRing(pipe, Layout.parse("4+1"))      # after comm.init(rank 0); see launch.py
-    with ring.session(image, seed=0) as sess:
-        sess.push_audio(pcm, 16000); sess.end_audio()
-        for block in sess.frames(): ...               # engine.session.Block, same frames as Session
+    pipe = Pipeline.from_pretrained("tiny", layout="4+1")   # starts the ring (launch.py)
+    with pipe.session(image, seed=0) as sess: ...            # engine.Session, as in one process
 
-The driver thread does rank 0's work: per block it takes the block's audio features, runs the
-audio encoder once (the tokens travel with the latent), draws the clip noise exactly as
-Session does, runs rank 0's steps and sends the block on; it takes decoded frames back from the
-VAE rank. It is also the pipeline's watchdog: with blocks in flight and no frames for `timeout`
-seconds, or any worker report / lost connection, it aborts every rank and the session raises.
+The Session decides everything about a block (its noise, audio features, sink flags) and
+submits it as a `BlockJob`; the driver thread runs rank 0's part: the audio encoder (the tokens
+travel with the latent), rank 0's steps, and the send to rank 1; it takes the clean latent and
+frames back from the VAE rank and hands them to the executor as `BlockResult`s. It is also
+the pipeline's watchdog: with blocks in flight and no frames for `timeout` seconds, or any
+worker report / lost connection, it aborts every rank and the session raises.
 """
 from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 
-import numpy as np
 import torch
 
-from ..engine.session import Block, clip_noise, drop_stream_start
+from ..engine.executor import BlockJob, BlockResult, SessionSpec
 from .comm import SIGNAL, RecvChannel, SendChannel, TPPError, TPPTimeout, notify, wait_until
 from .layout import Layout
 from .protocol import (ABORT, CONTROL, ERROR, FLAG_END, KEEPALIVE, REPORT, SHUTDOWN, TAG_ABORT, TAG_CONTROL,
-                       TAG_FRAMES, TAG_REPORT, TAG_SESSION, decode_report, session_tag)
-from .session import _DONE, TPPSession
+                       TAG_FRAMES, TAG_REPORT, TAG_SESSION, SessionHeader, decode_report, job_flags, session_tag)
 from .stage import SLOTS, Stage
 
 
@@ -59,6 +57,77 @@ class FrontWaiter:
                 self.side_work()
 
 
+class RingExecutor:
+    """A session's block executor on the ring (see engine/executor.py): jobs queue here for
+    the driver thread, results come back in order. Up to the ring's `max_ahead` blocks deep."""
+
+    def __init__(self, ring: "FrontRing", spec: SessionSpec, wake):
+        self.ring, self.spec, self.wake = ring, spec, wake
+        self.depth = ring.max_ahead
+        pipe = ring.pipe
+        h, w = spec.latent_hw
+        pos = spec.positions
+        self.header = SessionHeader(
+            session=ring._next_session_id(), seed=spec.seed, height=spec.height, width=spec.width, lat_h=h, lat_w=w,
+            text_len=spec.text.shape[0], text_dim=spec.text.shape[1], dtype=pipe.dtype,
+            motion_frames=spec.motion.shape[2], decode_video=spec.decode, sink_offset=spec.sink_offset,
+            position_mode=pos.mode, position_limit=pos.limit, position_period=pos.period)
+        self.stats: dict = {}  # rank 0's timings of the session, once it has ended
+        self.started_at = time.perf_counter()
+        self._jobs: deque[BlockJob] = deque()  # submitted, not yet launched (driver thread takes them)
+        self._results: deque[BlockResult] = deque()
+        self._error: BaseException | None = None
+        self._ended = False  # no more jobs: the driver ends the session on every rank
+        self._cancel = False  # drop what is not launched, discard what comes back
+        self._finished = threading.Event()  # the driver is done with this session
+        ring._start(self)
+
+    # ---- the Session's side -----------------------------------------------------------
+    def submit(self, job: BlockJob) -> None:
+        self._raise_if_failed()
+        with SIGNAL:
+            self._jobs.append(job)
+            SIGNAL.notify_all()
+
+    def ready(self) -> bool:
+        return bool(self._results) or self._error is not None
+
+    def take(self) -> BlockResult:
+        if self._results:
+            with SIGNAL:
+                return self._results.popleft()
+        self._raise_if_failed()
+        raise RuntimeError("no result to take")
+
+    def end(self) -> None:
+        self._ended = True
+        notify()
+
+    def close(self) -> None:
+        """Cancel what is left (the ring ends the session on every rank) and wait until it has."""
+        self._cancel = self._ended = True
+        notify()
+        if self.ring.error is not None or self.ring._stopped.is_set():
+            return
+        if not self._finished.wait(self.ring.timeout + 5):
+            raise TPPError("the ring did not end the session in time")
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if self.ring._stopped.is_set():
+            raise TPPError(f"the TPP ring stopped: {self.ring.error}")
+
+    # ---- the driver's side ------------------------------------------------------------
+    def _deliver(self, result: BlockResult | None = None, error: BaseException | None = None) -> None:
+        with SIGNAL:
+            if error is not None:
+                self._error = error
+            elif not self._cancel:
+                self._results.append(result)
+        self.wake()
+
+
 class FrontRing:
     """Rank 0 of a running ring (torch.distributed already initialised with rank 0)."""
 
@@ -68,8 +137,8 @@ class FrontRing:
         self.workers = list(range(1, self.layout.world))
         self.error: BaseException | None = None
         self._sid = 0
-        self._pending_session: TPPSession | None = None
-        self._active: TPPSession | None = None
+        self._pending: RingExecutor | None = None
+        self._active: RingExecutor | None = None
         self._closing = False
         self._ctrl = {w: SendChannel(w, TAG_CONTROL, CONTROL, "control", slots=2) for w in self.workers}
         self._reports = {w: RecvChannel(w, TAG_REPORT, REPORT, "report", slots=1) for w in self.workers}
@@ -82,29 +151,17 @@ class FrontRing:
         self._thread.start()
 
     # ---- public ---------------------------------------------------------------------------
-    def session(self, image, prompt_embeds: torch.Tensor | None = None, seed: int = 0, sink_replacement: bool = True,
-                positions=None, sink_offset: int | None = None, keep_latents: bool = False) -> TPPSession:
+    def open(self, spec: SessionSpec, wake) -> RingExecutor:
+        """The executor of a new session (the ring runs one session at a time)."""
         self._check()
         busy = self._active is not None and not self._active._finished.is_set()
-        if busy or self._pending_session is not None:
+        if busy or self._pending is not None:
             raise TPPError("the ring runs one session at a time: close the previous one first")
-        text = self.pipe.default_text if prompt_embeds is None else prompt_embeds
-        return TPPSession(self, image, text, seed, sink_replacement, positions, sink_offset, keep_latents)
-
-    def generate(self, image, audio, sample_rate: int, seed: int = 0, **session_kw):
-        """Offline on the ring: the same Video as Pipeline.generate."""
-        from ..engine.pipeline import AUDIO_RATE, Video
-
-        with self.session(image, seed=seed, **session_kw) as sess:
-            sess.push_audio(audio, sample_rate)
-            sess.end_audio()
-            blocks = list(sess.frames())
-        return Video(np.concatenate([b.video for b in blocks]), np.concatenate([b.audio for b in blocks]),
-                     self.pipe.stream.fps, AUDIO_RATE)
+        return RingExecutor(self, spec, wake)
 
     def close(self) -> None:
         """Shut every worker down (SHUTDOWN, wait for their BYE); idempotent."""
-        if self._active is not None and not self._active._closed:
+        if self._active is not None:
             try:
                 self._active.close()
             except TPPError:
@@ -123,10 +180,10 @@ class FrontRing:
         self._sid += 1
         return self._sid
 
-    def _start(self, sess: TPPSession) -> None:
+    def _start(self, ex: RingExecutor) -> None:
         self._check()
         with SIGNAL:
-            self._pending_session = sess
+            self._pending = ex
             SIGNAL.notify_all()
 
     # ---- reports from workers -------------------------------------------------------------
@@ -143,10 +200,10 @@ class FrontRing:
                 kind, rank, _, text = decode_report(v)
                 ch.release(slot, repost=False)
                 if kind == ERROR:
-                    raise TPPError(text or f"rank {w} failed")
+                    raise TPPError(text or f"rank {w} failed", w)
                 self._byes.add(w)
                 if not self._closing:
-                    raise TPPError(f"rank {w} left the ring unexpectedly")
+                    raise TPPError(f"rank {w} left the ring unexpectedly", w)
 
     # ---- control --------------------------------------------------------------------------
     def _control(self, w: int, msg: torch.Tensor) -> None:
@@ -186,22 +243,23 @@ class FrontRing:
             while True:
                 self._keepalive()
                 with SIGNAL:
-                    if not (self._pending_session or self._closing or self._report_ready()):
+                    if not (self._pending or self._closing or self._report_ready()):
                         SIGNAL.wait(min(0.25, self.timeout / 6))
                 for p in self._report_heads():
                     if p.done:
                         p.check()
                 self._check_reports()
-                if self._pending_session is not None:
-                    sess, self._pending_session = self._pending_session, None
-                    self._active = sess
+                if self._pending is not None:
+                    ex, self._pending = self._pending, None
+                    self._active = ex
                     try:
-                        self._run(sess)
+                        self._run(ex)
                     except BaseException as exc:
                         self._fail(exc)
                         return
                     finally:
                         self._active = None
+                        ex._finished.set()
                 elif self._closing:
                     self._shutdown()
                     return
@@ -214,13 +272,12 @@ class FrontRing:
     def _fail(self, exc: BaseException) -> None:
         """Record the failure, abort every worker, and end the sessions with the reason."""
         self.error = exc
-        self._abort(-2 if isinstance(exc, TPPTimeout) else _failed_rank(exc))
+        self._abort(-2 if isinstance(exc, TPPTimeout) else getattr(exc, "rank", -1))
         err = exc if isinstance(exc, TPPError) else TPPError(f"rank 0 failed: {type(exc).__name__}: {exc}")
-        for sess in (self._active, self._pending_session):
-            if sess is not None:
-                with SIGNAL:
-                    sess._blocks.append(err)
-                sess._finished.set()
+        for ex in (self._active, self._pending):
+            if ex is not None:
+                ex._deliver(error=err)
+                ex._finished.set()
         notify()
 
     def _shutdown(self) -> None:
@@ -231,24 +288,21 @@ class FrontRing:
         while len(self._byes) < len(self.workers):
             self._waiter.wait(lambda: len(self._byes) == len(self.workers), "BYE from every worker")
 
-    def _run(self, sess: TPPSession) -> None:
-        hdr, layout, pipe = sess.header, self.layout, self.pipe
-        s = pipe.stream
+    def _run(self, ex: RingExecutor) -> None:
+        hdr, layout, pipe, spec = ex.header, self.layout, self.pipe, ex.spec
         t0 = time.perf_counter()
         dev = pipe.model.ops.device
         payload = hdr.payload(dev)
-        outs = []
         for w in self.workers:
             self._control(w, hdr.encode())
             ch = SendChannel(w, session_tag(TAG_SESSION, hdr.session), payload, "session payload", slots=1)
             v = ch.acquire(self._waiter.deadline())
-            v["text"].copy_(sess.text)
-            v["ref"].copy_(sess.ref_latent)
-            v["motion"].copy_(sess.motion)
+            v["text"].copy_(spec.text)
+            v["ref"].copy_(spec.ref_latent)
+            v["motion"].copy_(spec.motion)
             ch.send()
-            outs.append(ch)
-        stage = Stage(0, layout, pipe, hdr, sess.text, sess.ref_latent, sess.motion, self._waiter)
-        frames_in = RecvChannel(layout.vae_rank, session_tag(TAG_FRAMES, hdr.session), hdr.frames(s, dev),
+        stage = Stage(0, layout, pipe, hdr, spec.text, spec.ref_latent, spec.motion, self._waiter)
+        frames_in = RecvChannel(layout.vae_rank, session_tag(TAG_FRAMES, hdr.session), hdr.frames(pipe.stream, dev),
                                 "frames", SLOTS)
         st = {"received": 0, "ends": 0, "last_news": time.monotonic(), "first_frame_at": None}
         launch_time: dict[int, float] = {}
@@ -263,99 +317,63 @@ class FrontRing:
                 n = int(v["meta"][0])
                 if n != st["received"]:
                     raise TPPError(f"rank 0: frames of block {n} arrived, expected block {st['received']}")
-                block = self._block(sess, n, v, launch_time.pop(n))
+                result = BlockResult(n, v["x"].cpu().clone(), v["video"].cpu().clone() if "video" in v else None,
+                                     {"pipeline_latency": time.perf_counter() - launch_time.pop(n)})
                 frames_in.release(slot, repost=True)
                 st["received"] += 1
                 st["last_news"] = time.monotonic()
                 if st["first_frame_at"] is None:
-                    st["first_frame_at"] = time.perf_counter() - sess.started_at
-                if not sess._cancel:
-                    with SIGNAL:
-                        sess._blocks.append(block)
-                        SIGNAL.notify_all()
+                    st["first_frame_at"] = time.perf_counter() - ex.started_at
+                ex._deliver(result)
 
         self._waiter.side_ready, self._waiter.side_work = frames_in.ready, take_frames
         try:
-            self._pump(sess, stage, frames_in, st, launch_time, take_frames)
+            self._pump(ex, stage, frames_in, st, launch_time, take_frames)
         finally:
             self._waiter.side_ready, self._waiter.side_work = (lambda: False), (lambda: None)
-        sess.stats = dict(stage.stats, ttff_s=st["first_frame_at"], total_s=time.perf_counter() - t0,
-                          encode_s=sess.encode_seconds)
-        with SIGNAL:
-            sess._blocks.append(_DONE)
-            SIGNAL.notify_all()
-        sess._finished.set()
+        ex.stats = dict(stage.stats, ttff_s=st["first_frame_at"], total_s=time.perf_counter() - t0)
 
-    def _pump(self, sess: TPPSession, stage: Stage, frames_in: RecvChannel, st: dict, launch_time: dict,
+    def _pump(self, ex: RingExecutor, stage: Stage, frames_in: RecvChannel, st: dict, launch_time: dict,
               take_frames) -> None:
-        """Launch blocks as their audio arrives, take frames as they come back, until END."""
-        hdr, pipe, layout = sess.header, self.pipe, self.layout
-        s, dev = pipe.stream, pipe.model.ops.device
+        """Launch submitted blocks, take frames as they come back, until END has gone round."""
+        pipe = self.pipe
+        dev = pipe.model.ops.device
         launched = 0
         end_sent = False
-        noise: tuple[int, torch.Tensor] | None = None
         while st["ends"] < SLOTS:
             self._keepalive()
             self._check_reports()
             before = st["received"]
             take_frames()
             progressed = st["received"] != before
-            received = st["received"]
-            with sess._lock:
-                ready = sess.audio.blocks_ready()
-                total = sess.audio.total_blocks if sess.audio.ended else None
-            if not end_sent and (sess._cancel or (total is not None and launched >= total)):
+            if not end_sent and (ex._cancel or (ex._ended and not ex._jobs)):
                 stage.finish()  # END down the ring (and the sink, drains)
                 end_sent = True
                 progressed = True
-            elif (not end_sent and launched < ready and launched - received < self.max_ahead
-                  and len(sess._blocks) < 2 * self.max_ahead):
-                n = launched
-                with sess._lock:
-                    feats = sess.audio.block_features(n)[None]
-                clip, k = divmod(n, s.blocks_per_clip)
-                if noise is None or noise[0] != clip:
-                    noise = (clip, clip_noise(hdr.seed, clip, s.frames_per_block * s.blocks_per_clip,
-                                              hdr.lat_h, hdr.lat_w, pipe.dtype))
-                F = s.frames_per_block
-                x = noise[1][None, :, k * F:(k + 1) * F].to(device=dev, dtype=pipe.dtype)
-                launch_time[n] = time.perf_counter()
+            elif not end_sent and ex._jobs:
+                with SIGNAL:
+                    job = ex._jobs.popleft()
+                if job.index != launched:
+                    raise TPPError(f"rank 0: block {job.index} submitted, expected block {launched}")
+                launch_time[job.index] = time.perf_counter()
                 t = time.perf_counter()
-                audio = stage.stepper.audio(feats)
+                audio = stage.stepper.audio(job.features)
                 stage.stats["compute_s"] += time.perf_counter() - t
-                stage.handle(n, x, audio)
+                stage.handle(job.index, job.noise.to(device=dev, dtype=pipe.dtype), audio, job_flags(job))
                 launched += 1
                 progressed = True
                 st["last_news"] = time.monotonic()
             if progressed:
                 continue
             if launched > st["received"] and time.monotonic() - st["last_news"] > self.timeout:
-                raise TPPTimeout(f"rank 0: no frames from rank {layout.vae_rank} within {self.timeout:g} s "
+                raise TPPTimeout(f"rank 0: no frames from rank {self.layout.vae_rank} within {self.timeout:g} s "
                                  f"(blocks {st['received']}..{launched - 1} in flight): a rank stalled")
             with SIGNAL:
-                if not (frames_in.ready() or self._report_ready() or sess._cancel):
+                if not (frames_in.ready() or self._report_ready()
+                        or (not end_sent and (ex._cancel or ex._ended or ex._jobs))):
                     SIGNAL.wait(min(0.25, self.timeout / 6))
             if frames_in.head is not None and frames_in.head.done:
                 frames_in.head.check()
             for p in stage._sends():
                 if p.done:
                     p.check()
-
-    def _block(self, sess: TPPSession, n: int, v: dict, launched_at: float) -> Block:
-        s = self.pipe.stream
-        frames = v["video"].cpu().numpy().copy()
-        if sess.keep_latents:
-            sess.latents.append(v["x"].cpu().clone())
-        with sess._lock:
-            pcm = sess.audio.block_pcm(n)
-            sess.audio.release(n)
-        if n == 0:
-            frames, pcm = drop_stream_start(frames, pcm, s.frames_per_block)
-        return Block(n, np.ascontiguousarray(frames), pcm, {"pipeline_latency": time.perf_counter() - launched_at})
-
-
-def _failed_rank(exc: BaseException) -> int:
-    import re
-
-    m = re.search(r"\brank (\d+)", str(exc))
-    return int(m.group(1)) if m else -1

@@ -1,26 +1,19 @@
-"""Start a ring: `spawn_local` (this process is rank 0, the workers are spawned children on
-127.0.0.1) or `run_from_env` (one process per rank under torchrun).
+"""Start a ring for a Pipeline: `start_ring` spawns the other ranks as local processes (gloo on
+127.0.0.1), or joins the ranks torchrun started. `Pipeline.from_pretrained(..., layout="4+1")`
+calls it; users do not.
 
-    with spawn_local("4+1", model="tiny", seed=0) as ring:      # gloo on this machine
-        video = ring.generate(image, pcm, 16000, seed=0)          # == Pipeline.generate
-        with ring.session(image, seed=1) as sess: ...             # TPPSession
-
-Every rank loads the same model (`Pipeline.from_pretrained(model, seed=...)`: the same seeded
+Every rank loads the same model with the same `from_pretrained` arguments (the same seeded
 weights for the tiny preset). A failing ring never hangs the caller: ranks end within
 `timeout`, and close() kills any child still alive after a grace period.
 """
 from __future__ import annotations
-
-import dataclasses
 
 import os
 import socket
 import sys
 import threading
 import time
-import traceback
-from dataclasses import dataclass, field
-from typing import NoReturn
+from dataclasses import dataclass
 
 import torch
 import torch.multiprocessing as mp
@@ -28,37 +21,33 @@ import torch.multiprocessing as mp
 from . import comm
 from .front import FrontRing
 from .layout import Layout
-from .worker import RankOptions, run_worker
+from .worker import run_worker
 
 
 @dataclass(kw_only=True)  # keyword-only: a new field can never shift a positional call
-class RingConfig:
-    model: str = "tiny"
-    seed: int = 0  # weight seed of the tiny preset (the same on every rank)
-    dtype: torch.dtype = torch.bfloat16
-    max_area: int | None = None  # rank 0's generation area (None: the model's default)
-    timeout: float = 30.0
-    init_timeout: float = 120.0
+class RingOptions:
+    timeout: float = 30.0  # seconds any rank may wait without news
+    init_timeout: float = 120.0  # seconds for the ring to form
     threads: int = 1  # torch threads per spawned rank
-    fault: dict = field(default_factory=dict)  # test hook, see worker.RankOptions
-    cuda_graphs: bool | None = None  # StreamConfig.cuda_graphs on every rank (None: on where CUDA)
+    # "spawn" (always safe: each child imports torch and loads the model) or "fork" (CPU only:
+    # the children inherit rank 0's loaded model, several times faster to start; only from a
+    # process that has not started CUDA or OpenMP worker threads, e.g. torch.set_num_threads(1)
+    # before any work)
+    start_method: str = "spawn"
+    # "auto": join torchrun's ranks when RANK is set, else spawn; "spawn"; "torchrun"
+    launch: str = "auto"
+
+    def torchrun(self) -> bool:
+        if self.launch not in ("auto", "spawn", "torchrun"):
+            raise ValueError(f"launch {self.launch!r}: use 'auto', 'spawn' or 'torchrun'")
+        return self.launch == "torchrun" or (self.launch == "auto" and "RANK" in os.environ)
 
 
-def _device(local_rank: int) -> str:
-    return f"cuda:{local_rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
-
-
-def _load(cfg: RingConfig, device: str):
-    from ..engine.pipeline import Pipeline
-
-    if device.startswith("cuda"):
-        torch.cuda.set_device(torch.device(device))
-    pipe = Pipeline.from_pretrained(cfg.model, device=device, dtype=cfg.dtype, seed=cfg.seed, quiet=True)
-    if cfg.max_area is not None:
-        pipe.max_area = cfg.max_area
-    if cfg.cuda_graphs is not None:
-        pipe.stream = dataclasses.replace(pipe.stream, cuda_graphs=cfg.cuda_graphs)
-    return pipe
+def rank_device(device: str, rank: int) -> str:
+    """The device of `rank` for a pipeline loaded on `device`: one GPU per rank on CUDA."""
+    if str(device).startswith("cuda"):
+        return f"cuda:{rank % torch.cuda.device_count()}"
+    return str(device)
 
 
 def free_port() -> int:
@@ -67,7 +56,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _child(rank: int, layout: str, port: int, cfg: RingConfig, conn, pipe=None) -> None:
+def _load(load: dict, rank: int):
+    from ..engine.pipeline import Pipeline
+
+    device = rank_device(load.get("device", "cpu"), rank)
+    if device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(device))
+    return Pipeline.from_pretrained(**dict(load, device=device, quiet=True))
+
+
+def _child(rank: int, layout: str, port: int, load: dict, opts: RingOptions, conn, pipe=None) -> None:
     def report(ok: bool, text: str, stats=None) -> None:
         try:
             conn.send({"rank": rank, "ok": ok, "error": text, "stats": stats or []})
@@ -76,11 +74,11 @@ def _child(rank: int, layout: str, port: int, cfg: RingConfig, conn, pipe=None) 
 
     code = 1
     try:
-        torch.set_num_threads(cfg.threads)
+        torch.set_num_threads(opts.threads)
         lay = Layout.parse(layout)
-        pipe = pipe if pipe is not None else _load(cfg, _device(rank))
-        comm.init(rank, lay.world, "127.0.0.1", port, cfg.init_timeout)
-        code = run_worker(rank, lay, pipe, RankOptions(cfg.timeout, cfg.fault), report)
+        pipe = pipe if pipe is not None else _load(load, rank)
+        comm.init(rank, lay.world, "127.0.0.1", port, opts.init_timeout)
+        code = run_worker(rank, lay, pipe, opts.timeout, report)
     except BaseException as exc:  # before the ring existed: tell the parent why
         text = f"rank {rank} failed to start: {type(exc).__name__}: {exc}"
         print(f"liveavatar_rt.parallel: {text}", file=sys.stderr)
@@ -92,10 +90,10 @@ class LocalRing(FrontRing):
     """A FrontRing whose workers are children of this process; close() also reaps them.
     `reports[rank]` after close(): {"ok", "error", "stats", "exitcode"}."""
 
-    def __init__(self, pipe, layout: Layout, cfg: RingConfig, procs, conns):
-        self.procs, self.conns, self.cfg = procs, conns, cfg
+    def __init__(self, pipe, layout: Layout, timeout: float, procs, conns):
+        self.procs, self.conns = procs, conns
         self.reports: dict[int, dict] = {}
-        super().__init__(pipe, layout, timeout=cfg.timeout)
+        super().__init__(pipe, layout, timeout=timeout)
 
     def close(self) -> None:
         try:
@@ -126,44 +124,31 @@ class LocalRing(FrontRing):
             conn.close()
         comm.shutdown()
 
-    def __enter__(self) -> "LocalRing":
-        return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def spawn_local(layout: str | Layout = "4+1", model: str = "tiny", seed: int = 0,
-                dtype: torch.dtype = torch.bfloat16, max_area: int | None = None, timeout: float = 30.0,
-                init_timeout: float = 120.0, threads: int = 1, fault: dict | None = None,
-                start_method: str = "spawn", cuda_graphs: bool | None = None) -> LocalRing:
-    """Start ranks 1..W-1 as child processes (gloo on 127.0.0.1); this process becomes rank 0
-    (the front). Returns the ring (a context manager); its session() gives TPPSessions.
-
-    start_method "spawn" (default, always safe): each child imports torch and loads the model.
-    "fork" (CPU only): the model is loaded once here and the children inherit it, which starts
-    a ring several times faster; use it only from a process that has not started CUDA or
-    OpenMP worker threads (e.g. torch.set_num_threads(1) before any work)."""
-    lay = Layout.parse(layout)
-    cfg = RingConfig(model=model, seed=seed, dtype=dtype, max_area=max_area, timeout=timeout,
-                     init_timeout=init_timeout, threads=threads, fault=dict(fault or {}), cuda_graphs=cuda_graphs)
-    if start_method == "fork" and torch.cuda.is_available():
+def start_ring(pipe, layout: Layout, load: dict, opts: RingOptions) -> FrontRing:
+    """Make this process rank 0 of a ring running `layout`, with `pipe` (already loaded from
+    `load`, the from_pretrained keywords every rank uses) as its model. Under torchrun the
+    ranks above 0 serve sessions here until SHUTDOWN and then leave their process."""
+    if opts.torchrun():
+        return _join_torchrun(pipe, layout, opts)
+    if opts.start_method not in ("spawn", "fork"):
+        raise ValueError(f"start_method {opts.start_method!r}: use 'spawn' or 'fork'")
+    if opts.start_method == "fork" and torch.cuda.is_available():
         raise ValueError("start_method='fork' cannot be used with CUDA: use 'spawn'")
     port = free_port()
-    ctx = mp.get_context(start_method)
-    pipe = _load(cfg, _device(0)) if start_method == "fork" else None
+    ctx = mp.get_context(opts.start_method)
+    inherit = pipe if opts.start_method == "fork" else None
     procs, conns = {}, {}
-    for rank in range(1, lay.world):
-        parent, child = ctx.Pipe(duplex=False)
-        p = ctx.Process(target=_child, args=(rank, str(lay), port, cfg, child, pipe), daemon=True,
-                        name=f"liveavatar-tpp-rank{rank}")
-        p.start()
-        child.close()
-        procs[rank], conns[rank] = p, parent
     try:
-        pipe = pipe if pipe is not None else _load(cfg, _device(0))
-        _init_watching(lay.world, port, cfg.init_timeout, procs, conns)
-        return LocalRing(pipe, lay, cfg, procs, conns)
+        for rank in range(1, layout.world):
+            parent, child = ctx.Pipe(duplex=False)
+            p = ctx.Process(target=_child, args=(rank, str(layout), port, load, opts, child, inherit), daemon=True,
+                            name=f"liveavatar-tpp-rank{rank}")
+            p.start()
+            child.close()
+            procs[rank], conns[rank] = p, parent
+        _init_watching(layout.world, port, opts.init_timeout, procs, conns)
+        return LocalRing(pipe, layout, opts.timeout, procs, conns)
     except BaseException:
         for p in procs.values():
             if p.is_alive():
@@ -194,35 +179,27 @@ def _init_watching(world: int, port: int, timeout: float, procs, conns) -> None:
         if dead and not box.get("done"):
             r = dead[0]
             why = conns[r].recv()["error"] if conns[r].poll() else f"exit code {procs[r].exitcode}"
-            raise comm.TPPError(f"rank {r} died while the ring was forming: {why}")
+            raise comm.TPPError(f"rank {r} died while the ring was forming: {why}", r)
         if time.monotonic() > deadline:
             raise comm.TPPTimeout(f"the ring did not form within {timeout:g} s")
     if "error" in box:
         raise comm.TPPError(f"rank 0 could not join the ring: {box['error']}") from box["error"]
 
 
-def run_from_env(layout: str | Layout, cfg: RingConfig, front) -> NoReturn:
-    """torchrun: RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT / LOCAL_RANK from the environment.
-    Rank 0 calls front(ring) and then shuts the ring down; the others serve until SHUTDOWN.
-    Every rank then leaves its process at once (`comm.exit_process`), rank 0 with front's return
-    code (1 if it raised, after printing the traceback): daemon threads still blocked in gloo
-    waits make a normal interpreter exit abort (SIGABRT, "terminate called without an active
-    exception"), which turned a finished run into a failed one under torchrun."""
-    lay = Layout.parse(layout)
+def torchrun_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")))
+
+
+def _join_torchrun(pipe, layout: Layout, opts: RingOptions) -> FrontRing:
+    """torchrun: RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT from the environment. Ranks
+    above 0 serve until SHUTDOWN and then leave at once (`comm.exit_process`): daemon threads
+    still blocked in gloo waits make a normal interpreter exit abort (SIGABRT). Rank 0 returns
+    the ring; its process should leave the same way once the pipeline is closed
+    (`python -m liveavatar_rt.parallel` does)."""
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    if world != lay.world:
-        raise SystemExit(f"layout {lay} needs {lay.world} processes, torchrun started {world}")
-    pipe = _load(cfg, _device(int(os.environ.get("LOCAL_RANK", rank))))
-    comm.init(rank, world, None, None, cfg.init_timeout)
+    if world != layout.world:
+        raise SystemExit(f"layout {layout} needs {layout.world} processes, torchrun started {world}")
+    comm.init(rank, world, None, None, opts.init_timeout)
     if rank != 0:
-        comm.exit_process(run_worker(rank, lay, pipe, RankOptions(cfg.timeout, cfg.fault)))
-    ring = FrontRing(pipe, lay, timeout=cfg.timeout)
-    try:
-        code = front(ring)
-    except BaseException:
-        traceback.print_exc()
-        code = 1
-    finally:
-        ring.close()
-        comm.shutdown()
-    comm.exit_process(int(code or 0))
+        comm.exit_process(run_worker(rank, layout, pipe, opts.timeout))
+    return FrontRing(pipe, layout, timeout=opts.timeout)

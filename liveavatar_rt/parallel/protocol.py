@@ -10,10 +10,13 @@ Channels (all point to point, fixed shapes for a session, no shape headers per b
   data     DiT rank r -> r + 1: meta [block, flags] + block latent [1, 16, F, h, w] + the block's
            audio tokens (computed once on rank 0, the front, from its audio features);
            last DiT rank -> VAE rank: meta + latent
-  frames   VAE rank -> rank 0: meta + clean latent + uint8 frames [4F, H, W, 3]
-  sink     VAE rank -> every other DiT rank, once per session: the clean first latent frame of
-           block 0 (sink replacement before block `blocks_per_clip`), sent right after block 0
-           is decoded, so it never stalls the pipeline
+  frames   VAE rank -> rank 0: meta + clean latent (+ uint8 frames [4F, H, W, 3] if the session
+           decodes)
+  sink     VAE rank -> every other DiT rank: the clean first latent frame of a block flagged
+           KEEP_SINK, sent right after that block is done, so it never stalls the pipeline
+The flags of a block are the Session's decisions (engine/executor.py BlockJob), carried as data:
+KEEP_SINK (keep this block's first clean latent frame as the sink) and RESINK (re-run the
+conditioning prefill with the kept sink before this block's steps). No rank decides them.
 End of stream and cancel travel in band: the sender puts the END flag on one message per
 receive buffer (the receiver keeps 2 posted), so every posted receive is matched and a session
 leaves no operation behind.
@@ -32,12 +35,17 @@ TAG_SESSION, TAG_DATA, TAG_FRAMES, TAG_SINK = 10, 11, 12, 13
 
 KEEPALIVE, START, SHUTDOWN, ABORT = 1, 2, 3, 4
 BYE, ERROR = 1, 2
-FLAG_END = 1
+FLAG_END, FLAG_KEEP_SINK, FLAG_RESINK = 1, 2, 4
 REPORT_TEXT = 1024
 
 DTYPES = {1: torch.float32, 2: torch.bfloat16, 3: torch.float16}
 DTYPE_CODES = {v: k for k, v in DTYPES.items()}
 POSITION_MODES = {0: "bounded", 1: "official"}
+
+
+def job_flags(job) -> int:
+    """The data-packet flags of a BlockJob."""
+    return FLAG_KEEP_SINK * bool(job.keep_sink) | FLAG_RESINK * bool(job.resink)
 
 
 def session_tag(base: int, session: int) -> int:
@@ -75,16 +83,16 @@ class SessionHeader:
     text_dim: int
     dtype: torch.dtype
     motion_frames: int  # latent frames of the motion context
-    sink_replacement: bool
+    decode_video: bool  # the VAE rank decodes (False: latents only)
     sink_offset: int | None
-    position_mode: str = "bounded"
-    position_limit: int = 45000
-    position_period: int = 30000
+    position_mode: str  # engine.positions.PositionPolicy
+    position_limit: int
+    position_period: int
 
     def encode(self) -> torch.Tensor:
         mode = {v: k for k, v in POSITION_MODES.items()}[self.position_mode]
         vals = [START, self.session, self.seed, self.height, self.width, self.lat_h, self.lat_w, self.text_len,
-                self.text_dim, DTYPE_CODES[self.dtype], self.motion_frames, int(self.sink_replacement),
+                self.text_dim, DTYPE_CODES[self.dtype], self.motion_frames, int(self.decode_video),
                 -1 if self.sink_offset is None else self.sink_offset, mode, self.position_limit,
                 self.position_period]
         return torch.tensor(vals, dtype=torch.int64)
@@ -95,9 +103,19 @@ class SessionHeader:
         if v[0] != START:
             raise ValueError(f"not a START message: {v}")
         return cls(session=v[1], seed=v[2], height=v[3], width=v[4], lat_h=v[5], lat_w=v[6], text_len=v[7],
-                   text_dim=v[8], dtype=DTYPES[v[9]], motion_frames=v[10], sink_replacement=bool(v[11]),
+                   text_dim=v[8], dtype=DTYPES[v[9]], motion_frames=v[10], decode_video=bool(v[11]),
                    sink_offset=None if v[12] < 0 else v[12], position_mode=POSITION_MODES[v[13]],
                    position_limit=v[14], position_period=v[15])
+
+    def spec(self, text: torch.Tensor, ref: torch.Tensor, motion: torch.Tensor):
+        """The session as a worker sees it (engine.executor.SessionSpec; no image, no decoder cache)."""
+        from ..engine.executor import SessionSpec
+        from ..engine.positions import PositionPolicy
+
+        return SessionSpec(seed=self.seed, height=self.height, width=self.width, text=text, ref_latent=ref,
+                           motion=motion, positions=PositionPolicy(self.position_mode, self.position_limit,
+                                                                   self.position_period),
+                           sink_offset=self.sink_offset, decode=self.decode_video)
 
     # ---- packet layouts of this session -----------------------------------------------
     def payload(self, device) -> Packet:
@@ -116,8 +134,10 @@ class SessionHeader:
 
     def frames(self, stream, device) -> Packet:
         F = stream.frames_per_block
-        return Packet({"meta": ((2,), torch.int64), "x": ((1, 16, F, self.lat_h, self.lat_w), self.dtype),
-                       "video": ((4 * F, self.height, self.width, 3), torch.uint8)}, device)
+        fields = {"meta": ((2,), torch.int64), "x": ((1, 16, F, self.lat_h, self.lat_w), self.dtype)}
+        if self.decode_video:
+            fields["video"] = ((4 * F, self.height, self.width, 3), torch.uint8)
+        return Packet(fields, device)
 
     def sink(self, device) -> Packet:
-        return Packet({"meta": ((2,), torch.int64), "x": ((1, 16, 1, self.lat_h, self.lat_w), self.dtype)}, device)
+        return Packet({"x": ((1, 16, 1, self.lat_h, self.lat_w), self.dtype)}, device)

@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -23,10 +23,9 @@ from .protocol import (BYE, CONTROL, ERROR, FLAG_END, KEEPALIVE, REPORT, SHUTDOW
 from .stage import SLOTS, Stage
 
 
-@dataclass
-class RankOptions:
-    timeout: float = 30.0  # seconds any wait may last without news (keepalives extend it)
-    fault: dict = field(default_factory=dict)  # test hook: {"rank": r, "after_block": n, "mode": "exit"|"hang"}
+# Called as after_block(rank, block) once a worker has handled a block: a seam for the tests'
+# fault injection (tests/parallel/ring_run.py sets it before the ring forks), None in production.
+after_block: Callable[[int, int], None] | None = None
 
 
 class WorkerWaiter:
@@ -94,9 +93,10 @@ def _watch_aborts(waiter: WorkerWaiter, report, grace: float = 2.0) -> None:
     exit_process(1)
 
 
-def run_worker(rank: int, layout: Layout, pipe, opts: RankOptions, report=lambda ok, text, stats=None: None) -> int:
-    """Serve sessions until SHUTDOWN (exit code 0) or a failure (1, reason sent to rank 0)."""
-    waiter = WorkerWaiter(rank, layout, opts.timeout)
+def run_worker(rank: int, layout: Layout, pipe, timeout: float, report=lambda ok, text, stats=None: None) -> int:
+    """Serve sessions until SHUTDOWN (exit code 0) or a failure (1, reason sent to rank 0).
+    timeout: seconds any wait may last without news (rank 0's keepalives extend it)."""
+    waiter = WorkerWaiter(rank, layout, timeout)
     out = SendChannel(0, TAG_REPORT, REPORT, "report", slots=1)
     threading.Thread(target=_watch_aborts, args=(waiter, report), daemon=True).start()
     stats: list[dict] = []
@@ -105,8 +105,8 @@ def run_worker(rank: int, layout: Layout, pipe, opts: RankOptions, report=lambda
             msg = waiter.next_command()
             if int(msg[0]) == SHUTDOWN:
                 break
-            stats.append(_run_session(rank, layout, pipe, opts, waiter, SessionHeader.decode(msg)))
-        _send_report(out, BYE, rank, -1, "", opts.timeout)
+            stats.append(_run_session(rank, layout, pipe, waiter, SessionHeader.decode(msg)))
+        _send_report(out, BYE, rank, -1, "", timeout)
         report(True, "", stats)
         return 0
     except TPPError as exc:
@@ -116,7 +116,7 @@ def run_worker(rank: int, layout: Layout, pipe, opts: RankOptions, report=lambda
         traceback.print_exc()
     print(f"liveavatar_rt.parallel: {text}", file=sys.stderr)
     try:
-        _send_report(out, ERROR, rank, -1, text, min(opts.timeout, 5.0))
+        _send_report(out, ERROR, rank, -1, text, min(timeout, 5.0))
     except TPPError:
         pass  # rank 0 is gone too: nothing more to tell
     report(False, text, stats)
@@ -130,8 +130,7 @@ def _send_report(out: SendChannel, kind: int, rank: int, block: int, text: str, 
     out.flush(time.monotonic() + timeout)
 
 
-def _run_session(rank: int, layout: Layout, pipe, opts: RankOptions, waiter: WorkerWaiter,
-                 hdr: SessionHeader) -> dict:
+def _run_session(rank: int, layout: Layout, pipe, waiter: WorkerWaiter, hdr: SessionHeader) -> dict:
     t0 = time.perf_counter()
     dev = pipe.model.ops.device
     payload = RecvChannel(0, session_tag(TAG_SESSION, hdr.session), hdr.payload(dev), "session payload", slots=1)
@@ -152,25 +151,17 @@ def _run_session(rank: int, layout: Layout, pipe, opts: RankOptions, waiter: Wor
                 inbox.release(slot, repost=False)
                 ends += 1
                 continue
-            n = int(v["meta"][0])
+            n, flags = (int(f) for f in v["meta"].tolist())
             if n != expect:
                 raise TPPError(f"rank {rank}: got block {n} from rank {src}, expected {expect}")
             audio = (v["loc"], v["glob"]) if "loc" in v else None
-            stage.handle(n, v["x"], audio)
+            stage.handle(n, v["x"], audio, flags)
             inbox.release(slot, repost=True)
             if first_block_at is None:
                 first_block_at = time.perf_counter() - t0
             expect += 1
-            _maybe_fault(rank, n, opts.fault)
+            if after_block is not None:
+                after_block(rank, n)
     stage.finish()
     stats = dict(stage.stats, session=hdr.session, setup_s=stage.stats["prefill_s"], first_block_s=first_block_at)
     return stats
-
-
-def _maybe_fault(rank: int, block: int, fault: dict) -> None:
-    if fault and fault.get("rank") == rank and fault.get("after_block") == block:
-        if fault.get("mode", "exit") == "exit":
-            print(f"liveavatar_rt.parallel: rank {rank}: test fault, exiting after block {block}", file=sys.stderr)
-            exit_process(17)
-        while True:  # "hang": a stalled rank
-            time.sleep(1)

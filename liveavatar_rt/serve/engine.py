@@ -1,12 +1,12 @@
-"""What the server renders with: one Pipeline shared by every session, or one TPP ring.
+"""What the server renders with: one Pipeline shared by every session, on any layout.
 
     engine = Engine.load("tiny")                 # single process
     engine = Engine.load("tiny", tpp="2+1")      # pipeline parallel on local processes
-    sess = engine.open(image, prompt=None, seed=0)   # Session / TPPSession (same API)
+    sess = engine.open(image, prompt=None, seed=0)   # engine.Session
 
 The pipeline holds only weights, so sessions opened on it from several worker threads keep
-their state apart (engine/session.py). A TPP ring runs one session at a time, so its
-capacity is 1 whatever the server's max_sessions says.
+their state apart (engine/session.py). A TPP ring runs one session at a time
+(`Pipeline.max_sessions`), so its capacity is 1 whatever the server's max_sessions says.
 """
 from __future__ import annotations
 
@@ -17,10 +17,12 @@ import numpy as np
 import torch
 
 
+from ..config import AUDIO_RATE, DTYPES
+
+
 class Engine:
-    def __init__(self, pipe, ring=None):
-        self.pipe, self.ring = pipe, ring
-        from ..engine.pipeline import AUDIO_RATE
+    def __init__(self, pipe):
+        self.pipe = pipe
 
         self.fps = int(pipe.stream.fps)
         self.block_frames = 4 * pipe.stream.frames_per_block  # video frames (of audio) per block: 12
@@ -30,27 +32,18 @@ class Engine:
     @classmethod
     def load(cls, model: str = "tiny", tpp: str | None = None, seed: int = 0, dtype: str = "bf16",
              device: str = "cpu") -> "Engine":
-        dt = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
-        if tpp:
-            from ..parallel.launch import spawn_local
-
-            ring = spawn_local(tpp, model=model, seed=seed, dtype=dt)
-            return cls(ring.pipe, ring)
         from ..engine import Pipeline
 
-        return cls(Pipeline.from_pretrained(model, device=device, dtype=dt, seed=seed, quiet=True))
+        return cls(Pipeline.from_pretrained(model, device=device, dtype=DTYPES[dtype], seed=seed, quiet=True,
+                                            layout=tpp or "1"))
 
     @property
     def capacity_limit(self) -> int | None:
-        return 1 if self.ring is not None else None
+        return self.pipe.max_sessions
 
     def open(self, image, prompt: str | None = None, seed: int = 0):
         """A streaming session (blocking: encodes the image and prefills, ~2 s for tiny on CPU)."""
         with torch.no_grad():
-            if self.ring is not None:
-                if prompt is not None:
-                    raise ValueError("prompts are not supported on a TPP ring yet")
-                return self.ring.session(image, seed=seed)
             return self.pipe.session(image, prompt=prompt, seed=seed)
 
     def warmup(self) -> float:
@@ -69,8 +62,7 @@ class Engine:
         return time.perf_counter() - t0
 
     def close(self) -> None:
-        if self.ring is not None:
-            try:
-                self.ring.close()
-            except Exception as e:  # shutting down: report, do not mask the caller's exit
-                print(f"liveavatar-rt serve: closing the TPP ring failed: {e!r}", file=sys.stderr)
+        try:
+            self.pipe.close()
+        except Exception as e:  # shutting down: report, do not mask the caller's exit
+            print(f"liveavatar-rt serve: closing the TPP ring failed: {e!r}", file=sys.stderr)

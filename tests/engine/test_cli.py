@@ -39,16 +39,23 @@ def test_generate_writes_a_playable_mp4(tmp_path, capsys):
     assert float(steady.group(2)) == pytest.approx(float(steady.group(1)) / 25, abs=0.01)
 
 
-def test_generate_tpp_delegates_to_the_ring_launcher(monkeypatch):
-    import liveavatar_rt.parallel.__main__ as tpp
+def test_generate_chooses_the_layout_in_one_place(monkeypatch):
+    """--layout (alias --tpp), the graph switch, area and ring timeout reach from_pretrained; nothing else
+    decides between one process and the ring."""
+    from liveavatar_rt.engine import Pipeline
 
     seen = {}
-    monkeypatch.setattr(tpp, "main", lambda argv: seen.setdefault("argv", argv) and 0)
-    assert main(["generate", "--tpp", "2+1", "--image", "a.png", "--audio", "b.wav", "--out", "c.mp4", "--seed", "7"]) == 0
-    argv = seen["argv"]
-    assert argv[argv.index("--layout") + 1] == "2+1" and argv[argv.index("--seed") + 1] == "7"
-    assert argv[argv.index("--image") + 1] == "a.png" and argv[argv.index("--out") + 1] == "c.mp4"
-    assert argv[argv.index("--cuda-graphs") + 1] == "auto"
+
+    def fake(name, **kw):
+        seen.update(kw, name=name)
+        raise SystemExit(3)
+
+    monkeypatch.setattr(Pipeline, "from_pretrained", staticmethod(fake))
+    with pytest.raises(SystemExit):
+        main(["generate", "--tpp", "2+1", "--image", "a.png", "--audio", "b.wav", "--out", "c.mp4", "--seed", "7",
+              "--cuda-graphs", "off", "--max-area", "4096", "--timeout", "9"])
+    assert seen["layout"] == "2+1" and seen["seed"] == 7 and seen["max_area"] == 4096
+    assert seen["stream"].cuda_graphs is False and seen["ring"].timeout == 9
 
 
 def test_cuda_graphs_on_without_cuda_is_a_clear_error(tmp_path):
@@ -58,24 +65,3 @@ def test_cuda_graphs_on_without_cuda_is_a_clear_error(tmp_path):
         main(["generate", "--image", str(REPO / "assets/example/portrait.png"),
               "--audio", str(REPO / "assets/example/speech.wav"), "--out", str(tmp_path / "o.mp4"),
               "--cuda-graphs", "on"])
-
-
-def test_tpp_cli_passes_the_graph_switch_to_every_rank(monkeypatch):
-    import liveavatar_rt.parallel.__main__ as tpp
-
-    seen = {}
-
-    class Ring:
-        def __enter__(self):
-            raise SystemExit(0)
-
-        def __exit__(self, *a):
-            return False
-
-    monkeypatch.setattr(tpp, "spawn_local", lambda layout, **kw: seen.update(kw) or Ring())
-    monkeypatch.delenv("RANK", raising=False)
-    try:
-        tpp.main(["--image", "a.png", "--audio", "b.wav", "--out", "c.mp4", "--cuda-graphs", "off"])
-    except SystemExit:
-        pass
-    assert seen["cuda_graphs"] is False

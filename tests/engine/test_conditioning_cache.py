@@ -14,8 +14,7 @@ SR = 16000
 
 @pytest.fixture()
 def pipe():
-    p = Pipeline.from_pretrained("tiny", quiet=True)
-    p.max_area = 64 * 64
+    p = Pipeline.from_pretrained("tiny", quiet=True, max_area=64 * 64)
     return p
 
 

@@ -97,8 +97,7 @@ def test_step_api_from_mid_stream_and_rebuild_on_new_text():
 def test_session_with_static_steps_equals_eager():
     """The wiring through Session (what a CUDA session runs, uncaptured here): 5 blocks of the
     bundled tiny model, across the ring filling up and the sink replacement, same video."""
-    pipe = Pipeline.from_pretrained("tiny", quiet=True)
-    pipe.max_area = 64 * 64  # 8x8 latent
+    pipe = Pipeline.from_pretrained("tiny", quiet=True, max_area=64 * 64)  # 8x8 latent
     rng = np.random.default_rng(0)
     face = rng.integers(0, 256, (80, 72, 3), dtype=np.uint8)
     pcm = (0.3 * np.sin(np.arange(int(2.2 * 16000)) * 0.07) + 0.02 * rng.standard_normal(int(2.2 * 16000))).astype(np.float32)
@@ -106,11 +105,11 @@ def test_session_with_static_steps_equals_eager():
     def run(static: bool):
         with pipe.session(face, seed=3) as sess:
             if static:
-                sess.stepper.graphs = StepGraphs("cpu", capture=False)
+                sess.executor.stepper.graphs = StepGraphs("cpu", capture=False)
             sess.push_audio(pcm, 16000)
             sess.end_audio()
             blocks = list(sess.frames())
-            g = sess.stepper.graphs
+            g = sess.executor.stepper.graphs
             return blocks, ((g.static_runs, g.builds) if static else None)
 
     (eager, _), (static, counts) = run(False), run(True)
@@ -188,8 +187,14 @@ def test_cuda_graph_recaptures_on_new_text():
     assert graphs.graphs.builds == 2 * STEPS
 
 
-def test_ring_config_switch_reaches_each_ranks_stream_config():
-    from liveavatar_rt.parallel.launch import RingConfig, _load
+def test_every_rank_loads_the_stream_config_rank_0_was_given():
+    """The ring's ranks load with rank 0's from_pretrained keywords, cuda_graphs included."""
+    import dataclasses
 
-    assert _load(RingConfig(cuda_graphs=False), "cpu").stream.cuda_graphs is False
-    assert _load(RingConfig(), "cpu").stream.cuda_graphs is None  # auto unless told
+    from liveavatar_rt.config import StreamConfig
+    from liveavatar_rt.parallel.launch import _load
+
+    load = dict(name_or_path="tiny", device="cpu", dtype=torch.bfloat16, seed=0, force_provider=None,
+                stream=dataclasses.replace(StreamConfig(), cuda_graphs=False), max_area=None)
+    assert _load(load, 1).stream.cuda_graphs is False
+    assert _load(dict(load, stream=None), 1).stream.cuda_graphs is None  # auto unless told

@@ -19,9 +19,8 @@ def model_dir(tmp_path_factory):
 
 
 def test_generate_from_published_layout(model_dir):
-    pipe = Pipeline.from_pretrained(model_dir, dtype=torch.bfloat16, quiet=True)
+    pipe = Pipeline.from_pretrained(model_dir, dtype=torch.bfloat16, quiet=True, max_area=64 * 64)
     assert pipe.vae.config.dim == 8 and pipe.model.cfg.text_len == 16
-    pipe.max_area = 64 * 64
     face = (np.random.default_rng(0).random((80, 64, 3)) * 255).astype(np.uint8)
     t = np.arange(16000) / 16000
     pcm = (0.2 * np.sin(2 * np.pi * 200 * t)).astype(np.float32)

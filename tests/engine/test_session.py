@@ -14,8 +14,7 @@ SR = 16000
 
 @pytest.fixture(scope="module")
 def pipe():
-    p = Pipeline.from_pretrained("tiny", quiet=True)
-    p.max_area = 64 * 64  # 64x64 video, 8x8 latent: small and fast
+    p = Pipeline.from_pretrained("tiny", quiet=True, max_area=64 * 64)  # 64x64 video, 8x8 latent: small and fast
     return p
 
 
@@ -139,7 +138,7 @@ def test_failed_session_does_not_poison_others(pipe, face, monkeypatch):
     sess.push_audio(speech(0.6), SR)
     sess.end_audio()
     boom = RuntimeError("decoder exploded")
-    monkeypatch.setattr(sess.decoder, "decode", lambda *a: (_ for _ in ()).throw(boom))
+    monkeypatch.setattr(sess.executor.decoder, "decode", lambda *a: (_ for _ in ()).throw(boom))
     with pytest.raises(RuntimeError, match="exploded"):
         list(sess.frames())
     with pytest.raises(SessionClosed, match="exploded"):

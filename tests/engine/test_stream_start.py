@@ -21,8 +21,7 @@ SPF = SR // 25  # samples per video frame
 
 @pytest.fixture(scope="module")
 def pipe():
-    p = Pipeline.from_pretrained("tiny", quiet=True)
-    p.max_area = 64 * 64
+    p = Pipeline.from_pretrained("tiny", quiet=True, max_area=64 * 64)
     return p
 
 

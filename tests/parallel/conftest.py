@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from liveavatar_rt.config import DTYPES
 from liveavatar_rt.engine import Pipeline
 from tests.parallel.ring_run import SR, face, speech
 
@@ -85,9 +86,7 @@ def single_process():
     def get(dtype: str, seed: int):
         if (dtype, seed) not in cache:
             if dtype not in pipes:
-                p = Pipeline.from_pretrained("tiny", seed=0, quiet=True,
-                                             dtype={"bf16": torch.bfloat16, "fp32": torch.float32}[dtype])
-                p.max_area = 64 * 64
+                p = Pipeline.from_pretrained("tiny", seed=0, quiet=True, dtype=DTYPES[dtype], max_area=64 * 64)
                 pipes[dtype] = p
             cache[dtype, seed] = reference_run(pipes[dtype], seed)
         return cache[dtype, seed]

@@ -32,6 +32,25 @@ def speech(seconds: float, seed: int = 0) -> np.ndarray:
             + 0.02 * g.standard_normal(t.size)).astype(np.float32)
 
 
+def install_fault(rank: int, block: int, mode: str) -> None:
+    """Make worker `rank` exit (code 17) or hang after handling `block` (the ring forks after this)."""
+    import sys
+
+    from liveavatar_rt.parallel import worker
+    from liveavatar_rt.parallel.comm import exit_process
+
+    def after_block(r: int, n: int) -> None:
+        if (r, n) != (rank, block):
+            return
+        if mode == "exit":
+            print(f"liveavatar_rt.parallel: rank {r}: test fault, exiting after block {n}", file=sys.stderr)
+            exit_process(17)
+        while True:  # "hang": a stalled rank
+            time.sleep(1)
+
+    worker.after_block = after_block
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--layout", required=True)
@@ -47,41 +66,45 @@ def main() -> None:
     p.add_argument("--start-method", default="fork")
     a = p.parse_args()
     torch.set_num_threads(1)  # before any parallel region: the ring forks
-    from liveavatar_rt.parallel import spawn_local
+    from liveavatar_rt.config import DTYPES
+    from liveavatar_rt.engine import Pipeline
+    from liveavatar_rt.parallel import RingOptions
 
-    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[a.dtype]
-    fault = {"rank": a.fault_rank, "after_block": a.fault_block, "mode": a.fault_mode} if a.fault_rank >= 0 else None
+    if a.fault_rank >= 0:
+        install_fault(a.fault_rank, a.fault_block, a.fault_mode)
     info = {"error": "", "front_pid": os.getpid(), "sessions": []}
     arrays = {}
     t0 = time.monotonic()
-    ring = spawn_local(a.layout, model="tiny", seed=0, dtype=dtype, max_area=64 * 64, timeout=a.timeout,
-                       fault=fault, start_method=a.start_method)
+    pipe = Pipeline.from_pretrained("tiny", seed=0, dtype=DTYPES[a.dtype], max_area=64 * 64, quiet=True,
+                                    layout=a.layout, ring=RingOptions(timeout=a.timeout, start_method=a.start_method))
+    ring = pipe.ring
     info["pids"] = {r: pr.pid for r, pr in ring.procs.items()}
     info["ring_up_s"] = time.monotonic() - t0
     t1 = time.monotonic()
     try:
         if a.cancel_first_after >= 0:
-            with ring.session(face(), seed=99) as sess:
+            with pipe.session(face(), seed=99) as sess:
                 sess.push_audio(speech(4.0, seed=1), SR)
                 for block in sess.frames(timeout=120):
                     if block.index + 1 >= a.cancel_first_after:
                         break  # close() in __exit__ cancels the rest on every rank
             info["cancelled_s"] = time.monotonic() - t1
         for i, seed in enumerate(int(s) for s in a.seeds.split(",")):
-            frames = []
-            with ring.session(face(), seed=seed, keep_latents=True) as sess:
+            frames, latents = [], []
+            with pipe.session(face(), seed=seed) as sess:
                 sess.push_audio(speech(a.seconds), SR)
                 sess.end_audio()
                 for block in sess.frames(timeout=120):
                     frames.append(block.video)
+                    latents.append(block.latent)
             arrays[f"frames_{i}"] = np.concatenate(frames)
-            arrays[f"latents_{i}"] = torch.cat(sess.latents).float().numpy()
+            arrays[f"latents_{i}"] = torch.cat(latents).float().numpy()
             info["sessions"].append(sess.stats)
     except Exception as exc:  # the failure tests check the text
         info["error"] = f"{type(exc).__name__}: {exc}"
         info["failed_after_s"] = time.monotonic() - t1
     finally:
-        ring.close()
+        pipe.close()
     info["reports"] = {r: {k: rep.get(k) for k in ("ok", "error", "exitcode")} for r, rep in ring.reports.items()}
     info["total_s"] = time.monotonic() - t0
     np.savez(a.out, **arrays)

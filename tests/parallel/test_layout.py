@@ -1,6 +1,8 @@
 """Layout parsing, packet packing and the session header: pure functions, no processes."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -46,13 +48,16 @@ def test_packet_views_round_trip():
 
 def test_session_header_round_trip_and_packets():
     hdr = SessionHeader(session=3, seed=11, height=64, width=128, lat_h=8, lat_w=16, text_len=5, text_dim=4096,
-                        dtype=torch.bfloat16, motion_frames=19, sink_replacement=True, sink_offset=None,
+                        dtype=torch.bfloat16, motion_frames=19, decode_video=True, sink_offset=None,
                         position_mode="official", position_limit=45000, position_period=30000)
     assert SessionHeader.decode(hdr.encode()) == hdr
     cfg = from_name("tiny")
     data = hdr.data(StreamConfig(), cfg, "cpu", with_audio=True)
     assert data.fields["loc"][0] == (1, 3, cfg.num_audio_tokens + 1, cfg.dim)
     assert hdr.frames(StreamConfig(), "cpu").fields["video"][0] == (12, 64, 128, 3)
+    latents_only = dataclasses.replace(hdr, decode_video=False, sink_offset=7)
+    assert SessionHeader.decode(latents_only.encode()) == latents_only
+    assert "video" not in latents_only.frames(StreamConfig(), "cpu").fields  # nothing decoded, nothing sent
 
 
 def test_report_round_trip():
