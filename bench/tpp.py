@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 torch.set_num_threads(1)  # before any parallel region: the ring forks
 
 from liveavatar_rt.engine import Pipeline  # noqa: E402
-from liveavatar_rt.parallel import spawn_local  # noqa: E402
+from liveavatar_rt.parallel import RingOptions  # noqa: E402
 from tests.parallel.ring_run import SR, face, speech  # noqa: E402
 
 
@@ -42,8 +42,7 @@ def _steady(arrivals: list[float], skip: int) -> float:
 
 
 def single_process(area: int, pcm) -> dict:
-    pipe = Pipeline.from_pretrained("tiny", seed=0, quiet=True)
-    pipe.max_area = area
+    pipe = Pipeline.from_pretrained("tiny", seed=0, quiet=True, max_area=area)
     pipe.generate(face(), pcm[:SR], SR)  # warm-up
     t0 = time.perf_counter()
     sess = pipe.session(face(), seed=1)
@@ -56,18 +55,20 @@ def single_process(area: int, pcm) -> dict:
 
 
 def ring(layout: str, area: int, pcm) -> dict:
-    with spawn_local(layout, model="tiny", seed=0, max_area=area, timeout=60, start_method="fork") as r:
-        with r.session(face(), seed=0) as s:  # warm-up session
+    with Pipeline.from_pretrained("tiny", seed=0, quiet=True, max_area=area, layout=layout,
+                                  ring=RingOptions(timeout=60, start_method="fork")) as pipe:
+        with pipe.session(face(), seed=0) as s:  # warm-up session
             s.push_audio(pcm[:SR], SR)
             s.end_audio()
             list(s.frames(timeout=300))
         t0 = time.perf_counter()
-        sess = r.session(face(), seed=1)
+        sess = pipe.session(face(), seed=1)
         setup = time.perf_counter() - t0
         ttff, arrivals = _time_blocks(sess, pcm)
         sess.close()
         front = sess.stats
-    stats = [front] + [r.reports[k]["stats"][-1] for k in sorted(r.reports)]
+    reports = pipe.ring.reports
+    stats = [front] + [reports[k]["stats"][-1] for k in sorted(reports)]
     ranks = []
     for k, st in enumerate(stats):
         n = max(st["blocks"], 1)

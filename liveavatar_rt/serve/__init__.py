@@ -1,5 +1,5 @@
 """Real-time streaming server: websocket sessions (audio in, fMP4 video + audio out), a web
-page, Prometheus metrics. Network transport only: rendering is engine.Session / TPPSession.
+page, Prometheus metrics. Network transport only: rendering is engine.Session (any layout).
 
     from liveavatar_rt.serve import Engine, ServeConfig, create_app, BackgroundServer
     with BackgroundServer(create_app(Engine.load("tiny"), ServeConfig(port=0)), ServeConfig(port=0)) as srv:

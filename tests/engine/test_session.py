@@ -5,6 +5,7 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 
 from liveavatar_rt.engine import Pipeline, SessionClosed
 from liveavatar_rt.io.image import ImageError
@@ -162,3 +163,30 @@ def test_model_directory_errors(tmp_path):
     (tmp_path / "config.json").write_text('{"dim": 128, "num_heads": 2, "num_layers": 1, "ffn_dim": 256, "audio_inject_layers": [0]}')
     with pytest.raises(FileNotFoundError, match="liveavatar.safetensors.*Wan2.1_VAE.pth|Wan2.1_VAE.pth"):
         Pipeline.from_pretrained(tmp_path)
+
+
+def test_pipeline_is_fixed_after_loading(pipe):
+    """Area, stream config and layout are chosen in from_pretrained; nothing changes them later."""
+    import dataclasses
+
+    for name, value in [("max_area", 32 * 32), ("stream", dataclasses.replace(pipe.stream, cuda_graphs=False)),
+                        ("layout", "2+1")]:
+        with pytest.raises(AttributeError):
+            setattr(pipe, name, value)
+    assert pipe.layout == "1" and pipe.max_sessions is None and pipe.ring is None
+    with pytest.raises(ValueError, match="ring options need a TPP layout"):
+        from liveavatar_rt.parallel import RingOptions
+
+        Pipeline.from_pretrained("tiny", quiet=True, ring=RingOptions())
+
+
+def test_local_executor_refuses_a_sink_replacement_without_a_kept_sink(pipe, face):
+    from liveavatar_rt.engine.executor import BlockJob
+
+    with pipe.session(face) as sess:
+        h, w = sess.ref_latent.shape[-2:]
+        cfg = pipe.model.cfg
+        job = BlockJob(0, torch.zeros(1, 16, 3, h, w, dtype=pipe.dtype),
+                       torch.zeros(1, cfg.audio_layers, cfg.audio_dim, 12), resink=True)
+        with pytest.raises(RuntimeError, match="no block kept a sink"):
+            sess.executor.submit(job)

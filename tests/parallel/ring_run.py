@@ -1,6 +1,7 @@
 """Run TPP sessions in a fresh process (this process = rank 0), for tests/parallel.
 
-    python -m tests.parallel.ring_run --layout 4+1 --out result.npz [--seeds 3,4]
+    python -m tests.parallel.ring_run --layout 4+1 --out result.npz [--seeds 3,4] [--model DIR --prompt TEXT]
+        [--no-decode]
         [--cancel-first-after 2] [--fault-rank 2 --fault-block 2 --fault-mode exit|hang]
 
 Writes each session's frames and block latents into `--out` (npz) and the error text (if any),
@@ -64,6 +65,9 @@ def main() -> None:
     p.add_argument("--fault-block", type=int, default=-1)
     p.add_argument("--fault-mode", default="exit")
     p.add_argument("--start-method", default="fork")
+    p.add_argument("--model", default="tiny")
+    p.add_argument("--prompt", default=None)
+    p.add_argument("--no-decode", action="store_true")
     a = p.parse_args()
     torch.set_num_threads(1)  # before any parallel region: the ring forks
     from liveavatar_rt.config import DTYPES
@@ -75,7 +79,7 @@ def main() -> None:
     info = {"error": "", "front_pid": os.getpid(), "sessions": []}
     arrays = {}
     t0 = time.monotonic()
-    pipe = Pipeline.from_pretrained("tiny", seed=0, dtype=DTYPES[a.dtype], max_area=64 * 64, quiet=True,
+    pipe = Pipeline.from_pretrained(a.model, seed=0, dtype=DTYPES[a.dtype], max_area=64 * 64, quiet=True,
                                     layout=a.layout, ring=RingOptions(timeout=a.timeout, start_method=a.start_method))
     ring = pipe.ring
     info["pids"] = {r: pr.pid for r, pr in ring.procs.items()}
@@ -91,7 +95,7 @@ def main() -> None:
             info["cancelled_s"] = time.monotonic() - t1
         for i, seed in enumerate(int(s) for s in a.seeds.split(",")):
             frames, latents = [], []
-            with pipe.session(face(), seed=seed) as sess:
+            with pipe.session(face(), seed=seed, prompt=a.prompt, decode=not a.no_decode) as sess:
                 sess.push_audio(speech(a.seconds), SR)
                 sess.end_audio()
                 for block in sess.frames(timeout=120):
@@ -105,7 +109,7 @@ def main() -> None:
         info["failed_after_s"] = time.monotonic() - t1
     finally:
         pipe.close()
-    info["reports"] = {r: {k: rep.get(k) for k in ("ok", "error", "exitcode")} for r, rep in ring.reports.items()}
+    info["reports"] = {r: {k: rep.get(k) for k in ("ok", "error", "exitcode", "stats")} for r, rep in ring.reports.items()}
     info["total_s"] = time.monotonic() - t0
     np.savez(a.out, **arrays)
     with open(a.out + ".json", "w") as f:

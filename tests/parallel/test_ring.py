@@ -82,3 +82,50 @@ def test_a_stalled_rank_times_out_and_every_rank_ends(tmp_path):
         assert "aborted by rank 0 (the pipeline stalled" in err or "exited or crashed" in err, reps
     assert "aborted by rank 0 (the pipeline stalled" in reps["2"]["error"], reps
     assert "while its main thread was busy" in reps["2"]["error"]
+
+
+def _one_process(model, seed: int, **session_kw):
+    """(frames, latents) of one single-process session of `model` with `session_kw`."""
+    import torch
+
+    from liveavatar_rt.engine import Pipeline
+
+    from .ring_run import SR, face, speech
+
+    pipe = Pipeline.from_pretrained(model, seed=0, quiet=True, max_area=64 * 64)
+    with pipe.session(face(), seed=seed, **session_kw) as sess:
+        sess.push_audio(speech(2.2), SR)
+        sess.end_audio()
+        blocks = list(sess.frames())
+    return np.concatenate([b.video for b in blocks]), torch.cat([b.latent for b in blocks]).float().numpy()
+
+
+def test_latents_only_session_on_the_ring(tmp_path):
+    """decode=False on the ring (VAE on the last DiT rank): the same latents as one process,
+    no frames decoded or sent, and the PCM still cut per block."""
+    info, arrays, _, _ = run_ring(tmp_path, "2", "--no-decode")
+    assert info["error"] == "", info["error"]
+    frames, latents = _one_process("tiny", 3, decode=False)
+    assert frames.shape == arrays["frames_0"].shape == (0, 64, 64, 3)
+    assert np.array_equal(arrays["latents_0"], latents)
+    assert all(rep["ok"] for rep in info["reports"].values()), info["reports"]
+    vae_rank = info["reports"]["1"]["stats"][-1]
+    assert vae_rank["decode_s"] == 0.0 and vae_rank["blocks"] == 5
+    # only latents (+ meta, ENDs, the sink) left the VAE rank: all of it is less than the frames
+    # of a single decoded block (12 x 64 x 64 x 3 bytes)
+    assert vae_rank["bytes_sent"] < 12 * 64 * 64 * 3
+
+
+def test_text_prompt_on_the_ring_equals_one_process(tmp_path):
+    """A published-layout model (umT5 + wav2vec2) with a text prompt on 1+1: the prompt is
+    encoded once on rank 0 and its embeddings reach every rank; same frames and latents."""
+    from tests.published_layout import build
+
+    model = build(tmp_path / "published")
+    info, arrays, _, _ = run_ring(tmp_path, "1+1", "--model", str(model), "--prompt", "a person talking")
+    assert info["error"] == "", info["error"]
+    frames, latents = _one_process(model, 3, prompt="a person talking")
+    assert np.array_equal(arrays["latents_0"], latents)
+    assert np.array_equal(arrays["frames_0"], frames)
+    other, _ = _one_process(model, 3, prompt="a cat singing")
+    assert not np.array_equal(other, frames)  # the prompt matters, so the equality above says something
