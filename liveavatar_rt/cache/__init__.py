@@ -1,4 +1,4 @@
-"""Per-step rolling KV caches and the shared conditioning K/V."""
-from .kv import CondCache, RingCache
+"""Per-step rolling KV caches, the shared conditioning K/V, and a block's attend plan."""
+from .kv import BlockPlan, CondCache, RingCache
 
-__all__ = ["CondCache", "RingCache"]
+__all__ = ["BlockPlan", "CondCache", "RingCache"]

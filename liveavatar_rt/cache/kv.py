@@ -14,6 +14,8 @@ normalises q and k, rotates them and writes the rotated keys straight into the r
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 
@@ -74,35 +76,79 @@ class CondCache:
         return _PrefillAttend(self, layer, (cos, sin), ops)
 
 
+@dataclass
+class BlockPlan:
+    """Everything a block's ring attend depends on, as tensors (+ the attended length): the one
+    form the eager path and the CUDA-graph path (engine/graphs.py) share.
+
+    slots: int64 [n], the ring slots the block's K/V are written to; valid: ring tokens attended
+    after the write (fixed in a captured graph); q_cos/q_sin fp32 [n, D/2]: the RoPE tables of
+    the block's positions; c_cos/c_sin fp32 [Lc, D/2]: of the sink position (the conditioning
+    keys). slot: the first slot as a Python int when the caller has one (eager): the fused
+    provider then rotates the keys straight into the ring, saving a copy; None in a graph's
+    static plan, whose slots change per replay as tensor contents."""
+
+    slots: torch.Tensor
+    valid: int
+    q_cos: torch.Tensor
+    q_sin: torch.Tensor
+    c_cos: torch.Tensor
+    c_sin: torch.Tensor
+    slot: int | None = None
+
+    @classmethod
+    def empty_like(cls, plan: "BlockPlan") -> "BlockPlan":
+        """Static buffers of `plan`'s shapes (slot None: the write goes through `slots`)."""
+        return cls(*(torch.empty_like(t) for t in (plan.slots,)), plan.valid,
+                   *(torch.empty_like(t) for t in (plan.q_cos, plan.q_sin, plan.c_cos, plan.c_sin)))
+
+    def copy_(self, plan: "BlockPlan") -> None:
+        """Take `plan`'s values into these buffers (same shapes and `valid`)."""
+        if plan.valid != self.valid:
+            raise ValueError(f"plan attends {plan.valid} ring tokens, these buffers {self.valid}")
+        for dst, src in zip((self.slots, self.q_cos, self.q_sin, self.c_cos, self.c_sin),
+                            (plan.slots, plan.q_cos, plan.q_sin, plan.c_cos, plan.c_sin)):
+            dst.copy_(src)
+
+
 class _RingAttend:
     """Attend of one layer for one block; see RingCache.attend."""
 
-    def __init__(self, ring: "RingCache", layer: int, start: int, q_rope, cond: CondCache, cond_rope, ops):
-        self.ring, self.layer, self.start, self.cond, self.ops = ring, layer, start, cond, ops
-        self.q_rope, self.q_rope32 = q_rope, ring.fp32_tables(q_rope)
-        self.cond_rope32 = ring.fp32_tables(cond_rope)
+    def __init__(self, ring: "RingCache", layer: int, plan: BlockPlan, cond: CondCache, ops):
+        self.ring, self.layer, self.plan, self.cond, self.ops = ring, layer, plan, cond, ops
 
-    def _attend(self, q_rot: torch.Tensor, valid: int) -> torch.Tensor:
-        ring, i = self.ring, self.layer
-        return self.ops.rolling_attention(q_rot, *ring.layer(i), valid, self.cond.k[i], self.cond.v[i],
-                                          *self.cond_rope32)
+    def _attend(self, q_rot: torch.Tensor) -> torch.Tensor:
+        ring, i, p = self.ring, self.layer, self.plan
+        return self.ops.rolling_attention(q_rot, *ring.layer(i), p.valid, self.cond.k[i], self.cond.v[i],
+                                          p.c_cos, p.c_sin)
+
+    def _write(self, k_rot: torch.Tensor | None, v: torch.Tensor) -> None:
+        ring_k, ring_v = self.ring.layer(self.layer)
+        p, n = self.plan, v.shape[1]
+        if p.slot is not None:
+            if k_rot is not None:
+                ring_k[:, p.slot:p.slot + n] = k_rot
+            ring_v[:, p.slot:p.slot + n] = v
+        else:
+            ring_k.index_copy_(1, p.slots, k_rot)
+            ring_v.index_copy_(1, p.slots, v)
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        n, ops, ring, i = q.shape[1], self.ops, self.ring, self.layer
-        slot, valid = ring.window(self.start, n)
-        ring_k, ring_v = ring.layer(i)
-        ring_k[:, slot:slot + n] = ops.rope_apply(k, *self.q_rope)
-        ring_v[:, slot:slot + n] = v
-        return self._attend(ops.rope_apply(q, *self.q_rope), valid)
+        ops, p = self.ops, self.plan
+        self._write(ops.rope_apply(k, p.q_cos, p.q_sin), v)
+        return self._attend(ops.rope_apply(q, p.q_cos, p.q_sin))
 
     def raw(self, q, k, v, wq, wk, eps: float, num_heads: int) -> torch.Tensor:
-        n, ring, i = q.shape[1], self.ring, self.layer
-        slot, valid = ring.window(self.start, n)
-        ring_k, ring_v = ring.layer(i)
-        q_rot, _, _ = self.ops.qk_norm_rope(q, k, wq, wk, eps, *self.q_rope32, num_heads,
-                                            k_rot_out=ring_k[:, slot:slot + n])
-        ring_v[:, slot:slot + n] = v
-        return self._attend(q_rot, valid)
+        p, n = self.plan, q.shape[1]
+        if p.slot is not None:  # rotate the keys straight into the ring slot
+            ring_k = self.ring.layer(self.layer)[0]
+            q_rot, _, _ = self.ops.qk_norm_rope(q, k, wq, wk, eps, p.q_cos, p.q_sin, num_heads,
+                                                k_rot_out=ring_k[:, p.slot:p.slot + n])
+            self._write(None, v)
+        else:
+            q_rot, k_rot, _ = self.ops.qk_norm_rope(q, k, wq, wk, eps, p.q_cos, p.q_sin, num_heads)
+            self._write(k_rot, v)
+        return self._attend(q_rot)
 
 
 class RingCache:
@@ -114,7 +160,6 @@ class RingCache:
         self.capacity = capacity
         # per-layer views [batch, capacity, heads, head_dim], made once (saves a select per use)
         self._layers = list(zip(self.k.unbind(0), self.v.unbind(0)))
-        self._tables: dict[int, tuple] = {}  # id(source tables) -> (source, fp32 tables)
 
     def window(self, start: int, length: int) -> tuple[int, int]:
         """(write slot, number of valid tokens after the write) for a block at token `start`."""
@@ -128,19 +173,6 @@ class RingCache:
         views: writing into one of unbind's shared views is refused there."""
         return self._layers[i] if not torch.is_grad_enabled() else (self.k[i], self.v[i])
 
-    def fp32_tables(self, rope: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """`rope` as fp32 tables, converted once per table object: the caller builds one pair per
-        forward and every layer's attend reuses it. Keeps the last few (the source is held, so
-        its id cannot be reused while cached)."""
-        hit = self._tables.get(id(rope))
-        if hit is not None and hit[0] is rope:
-            return hit[1]
-        if len(self._tables) >= 4:
-            self._tables.clear()
-        out = _fp32_tables(rope, self.k.device)
-        self._tables[id(rope)] = (rope, out)
-        return out
-
     def rotate(self, cos: torch.Tensor, sin: torch.Tensor, ops) -> None:
         """Re-rotate every stored key by one more RoPE angle (cos/sin: [1, head_dim/2], the same
         for all tokens): used to rebase time positions, R(p - P) = R(-P) R(p)."""
@@ -149,11 +181,19 @@ class RingCache:
         flat = self.k.reshape(L * B, N, H, D)
         self.k.copy_(ops.rope_apply(flat, cos.expand(N, -1), sin.expand(N, -1)).reshape(self.k.shape))
 
-    def attend(self, layer: int, start: int, q_rope: tuple[torch.Tensor, torch.Tensor], cond: CondCache,
-               cond_rope: tuple[torch.Tensor, torch.Tensor], ops) -> _RingAttend:
-        """Attend for one block: q/k rotated at the block's positions (q_rope: [n, D/2] tables),
-        k/v written at `start` (token index in the stream), keys = [ring[:valid] ; RoPE(cond K)
-        at the sink position] (cond_rope: [Lc, D/2]). ops.rolling_attention: a fused provider
-        rotates the cond keys on the fly, no concat; through `raw`, ops.qk_norm_rope writes the
-        rotated keys into the ring slot."""
-        return _RingAttend(self, layer, start, q_rope, cond, cond_rope, ops)
+    def plan(self, start: int, q_rope: tuple[torch.Tensor, torch.Tensor],
+             cond_rope: tuple[torch.Tensor, torch.Tensor]) -> BlockPlan:
+        """The plan of a block at token `start` of the stream (q_rope: [n, D/2] tables of its
+        positions; cond_rope: [Lc, D/2] at the sink position)."""
+        n = q_rope[0].shape[0]
+        slot, valid = self.window(start, n)
+        slots = torch.arange(slot, slot + n, device=self.k.device)
+        dev = self.k.device
+        return BlockPlan(slots, valid, *_fp32_tables(q_rope, dev), *_fp32_tables(cond_rope, dev), slot=slot)
+
+    def attend(self, layer: int, plan: BlockPlan, cond: CondCache, ops) -> _RingAttend:
+        """Attend for one block: q/k rotated at the block's positions, k/v written at the plan's
+        slots, keys = [ring[:valid] ; RoPE(cond K) at the sink position].
+        ops.rolling_attention: a fused provider rotates the cond keys on the fly, no concat;
+        through `raw`, ops.qk_norm_rope writes the rotated keys into the ring slot."""
+        return _RingAttend(self, layer, plan, cond, ops)

@@ -1,13 +1,14 @@
 """CUDA-graph replay of a stepper's owned denoising steps (`StreamConfig.cuda_graphs`).
 
-A step's forward depends on the block only through a few Python values
-(`BlockStepper.block_inputs`): the ring slot (from the absolute stream position), the RoPE
-tables of the block's positions and of the sink position, a rebase rotation, and `valid`, the
-number of ring tokens attended. A CUDA graph replays fixed kernels on fixed addresses, so here:
-- the latent, cond states, audio tokens and both RoPE tables are copied per block into static
-  buffers, and the ring slot becomes an int64 index tensor used by `index_copy_`;
+A step's forward depends on the block only through its `BlockPlan` (cache/kv.py: the ring
+slots, the RoPE tables of the block's positions and of the sink position, as tensors, and
+`valid`, the number of ring tokens attended), which the eager path uses too, and a rebase
+rotation. A CUDA graph replays fixed kernels on fixed addresses, so here:
+- the latent, cond states, audio tokens and the plan's tensors are copied per block into
+  static buffers (a static plan: the keys are written through its `slots` index tensor);
 - the timestep is constant per step: its tensor is made once;
-- a rebase rotation runs eagerly before the replay (in place on the ring, same address);
+- a rebase rotation runs eagerly before the replay, while the stepper makes the plan (in place
+  on the ring, same address);
 - `valid` is baked into the graph: it equals the ring capacity from the block that fills the
   ring on (block `cache_frames / frames_per_block - 1`) for good, so earlier blocks run the
   eager path;
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import torch
 
+from ..cache import BlockPlan, CondCache
 from .sampler import euler_step
 
 
@@ -41,75 +43,48 @@ def use_cuda_graphs(setting: bool | None, device) -> bool:
     return bool(setting)
 
 
-class _StaticAttend:
-    """RingCache attend of one layer whose per-block inputs are tensors (see RingCache.attend):
-    normalise + rotate q/k with the static tables, write the block's K/V at the static slot
-    indices, attend over the whole ring (`valid` fixed at capture) and the conditioning keys
-    rotated with the static sink tables. Only the fused `raw` form, the one SelfAttention uses."""
-
-    def __init__(self, g: "StepGraph", layer: int):
-        self.g, self.layer = g, layer
-
-    def raw(self, q, k, v, wq, wk, eps: float, num_heads: int) -> torch.Tensor:
-        g, i = self.g, self.layer
-        q_rot, k_rot, _ = g.ops.qk_norm_rope(q, k, wq, wk, eps, g.q_cos, g.q_sin, num_heads)
-        ring_k, ring_v = g.ring.layer(i)
-        ring_k.index_copy_(1, g.slots, k_rot)
-        ring_v.index_copy_(1, g.slots, v)
-        return g.ops.rolling_attention(q_rot, ring_k, ring_v, g.valid, g.cond_k[i], g.cond_v[i], g.c_cos, g.c_sin)
-
-
 class StepGraph:
     """Static buffers of one owned step for one session shape, and its CUDA graph once captured.
 
     Inputs (copied per block): x, cond_states [B, 16, F, h, w]; tokens [B, F, n+1, C], glob
-    [B, F, 1, C]; q_cos/q_sin fp32 [F*S, D/2]; c_cos/c_sin fp32 [Lc, D/2]; slots int64 [F*S].
-    Outputs: (velocity, next latent), both [B, 16, F, h, w]."""
+    [B, F, 1, C]; the block's plan (a static BlockPlan). Outputs: (velocity, next latent), both
+    [B, 16, F, h, w]."""
 
-    def __init__(self, stepper, step: int, key: tuple, x: torch.Tensor, audio, cond_states: torch.Tensor,
-                 valid: int):
+    def __init__(self, stepper, step: int, key: tuple, x: torch.Tensor, plan: BlockPlan, audio,
+                 cond_states: torch.Tensor):
         # no reference to the stepper itself: it holds this, and a cycle would keep its caches
         # alive after Session.close() until the garbage collector runs
-        self.model, self.key, self.valid = stepper.model, key, valid
+        self.model, self.key = stepper.model, key
         self.ops, self.ring = stepper.model.ops, stepper.rings[step]
         dev = self.ring.k.device
         B, _, Fr = x.shape[:3]
-        n, half = Fr * stepper.tokens_per_frame, stepper.cfg.head_dim // 2
         # held, not only addressed: the graph reads them, so they must outlive it
         self.text_kv = stepper.text_kv
-        self.cond_k, self.cond_v = list(stepper.cond.k), list(stepper.cond.v)
+        self.cond = CondCache(len(stepper.cond.k))
+        self.cond.k, self.cond.v = list(stepper.cond.k), list(stepper.cond.v)
         self.x, self.cond_states = torch.empty_like(x), torch.empty_like(cond_states)
         self.tokens, self.glob = (torch.empty_like(a) for a in audio)
-        self.q_cos, self.q_sin = (torch.empty(n, half, dtype=torch.float32, device=dev) for _ in range(2))
-        lc = self.cond_k[0].shape[1]
-        self.c_cos, self.c_sin = (torch.empty(lc, half, dtype=torch.float32, device=dev) for _ in range(2))
-        self.slots = torch.empty(n, dtype=torch.int64, device=dev)
-        # the ring's possible slot ranges (capacity is a multiple of n): a device-side copy per block
-        self._slot_rows = torch.arange(self.ring.capacity, device=dev).view(-1, n)
+        self.plan = BlockPlan.empty_like(plan)
         self.t = stepper.timesteps[step].expand(B, Fr).contiguous().to(dev)
         self.sigma, self.sigma_next = stepper.sigmas[step], stepper.sigmas[step + 1]
         self.graph = None
         self.out: tuple[torch.Tensor, torch.Tensor] | None = None
         self.replays = 0
 
-    def fill(self, x, audio, cond_states, start: int, q_rope, cond_rope) -> None:
+    def fill(self, x, plan: BlockPlan, audio, cond_states) -> None:
         """Copy one block's inputs into the static buffers (outside any captured region)."""
         self.x.copy_(x)
         self.cond_states.copy_(cond_states)
         self.tokens.copy_(audio[0])
         self.glob.copy_(audio[1])
-        self.q_cos.copy_(q_rope[0])  # float64 tables of fp32-rounded values: exact in fp32
-        self.q_sin.copy_(q_rope[1])
-        self.c_cos.copy_(cond_rope[0])
-        self.c_sin.copy_(cond_rope[1])
-        self.slots.copy_(self._slot_rows[(start % self.ring.capacity) // self.slots.numel()])
+        self.plan.copy_(plan)
 
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The step on the static buffers: forward (writes the ring slot) + Euler update. It is
         idempotent for a block (it rewrites the same slot with the same K/V), which is what
         lets the warm-up run double as the block's result."""
         v = self.model.forward_block(self.x, self.t, self.cond_states, self.text_kv, (self.tokens, self.glob),
-                                        lambda i: _StaticAttend(self, i))
+                                     lambda i: self.ring.attend(i, self.plan, self.cond, self.ops))
         return v, euler_step(self.x, v, self.sigma, self.sigma_next)
 
     def capture(self, side) -> tuple[torch.Tensor, torch.Tensor]:
@@ -163,24 +138,17 @@ class StepGraphs:
         return (*((tuple(t.shape), t.dtype) for t in (x, cond_states, *audio)),
                 id(st.text_kv), tuple(map(id, st.cond.k)), tuple(map(id, st.cond.v)))
 
-    def run(self, st, step: int, x: torch.Tensor, block: int, audio, cond_states: torch.Tensor,
-            keep_v: bool = False) -> tuple[torch.Tensor | None, torch.Tensor] | None:
-        """(velocity or None, next latent) of stepper `st`'s step `step` for `block`, or None
-        while the step's ring is not yet full (the caller runs the eager path). Outputs are the
-        caller's own tensors."""
-        Fr, ring = x.shape[2], st.rings[step]
-        n = Fr * st.tokens_per_frame
-        _, valid = ring.window(st.ring_start(block, Fr), n)
-        if valid != ring.capacity:
-            return None
-        start, q_rope, cond_rope = st.block_inputs(step, block, Fr)
-        key = self._key(st, x, audio, cond_states)
+    def run(self, st, step: int, x: torch.Tensor, plan: BlockPlan, audio, cond_states: torch.Tensor,
+            keep_v: bool = False) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(velocity or None, next latent) of stepper `st`'s step `step` for the block `plan`
+        describes (its ring full: plan.valid == capacity). Outputs are the caller's own tensors."""
+        key = (*self._key(st, x, audio, cond_states), plan.valid)
         g = self.graphs.get(step)
         if g is None or g.key != key:
             self.graphs.pop(step, None)  # drops the old graph (and its memory pool) before a new capture
-            g = self.graphs[step] = StepGraph(st, step, key, x, audio, cond_states, valid)
+            g = self.graphs[step] = StepGraph(st, step, key, x, plan, audio, cond_states)
             self.builds += 1
-        g.fill(x, audio, cond_states, start, q_rope, cond_rope)
+        g.fill(x, plan, audio, cond_states)
         self.static_runs += 1
         if not self.capture:
             v, x_next = g.forward()

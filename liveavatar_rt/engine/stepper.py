@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from ..cache import CondCache, RingCache
+from ..cache import BlockPlan, CondCache, RingCache
 from ..config import StreamConfig
 from ..model import CausalWanS2V
 from ..model.rope import motion_positions, noisy_positions, ref_positions, rope_cos_sin
@@ -74,14 +74,11 @@ class BlockStepper:
         return self.model.audio_tokens(features.to(self.model.ops.device), s.audio_prefix_frames, s.motion_latent_frames)
 
     # ---- one step / one block -----------------------------------------------------------
-    def ring_start(self, block: int, frames: int) -> int:
-        """Token index of the block in its ring: ring slots follow the absolute stream position."""
-        return block * frames * self.tokens_per_frame
-
-    def block_inputs(self, step: int, block: int, frames: int) -> tuple[int, tuple, tuple]:
-        """The per-block Python-side inputs of step `step`: (ring start, q RoPE tables [n, D/2],
-        cond RoPE tables [Lc, D/2]). Rebases the step's ring first when the block crosses the
-        position limit (an in-place rotation of the stored keys)."""
+    def plan(self, step: int, block: int, frames: int) -> BlockPlan:
+        """Block `block`'s attend plan for step `step` (ring slots, RoPE tables of its positions
+        and of the sink position, as tensors; cache/kv.py). Ring slots follow the absolute
+        stream position. Rebases the step's ring first when the block crosses the position
+        limit (an in-place rotation of the stored keys)."""
         if not self.cond.ready:
             raise RuntimeError("prefill() must run before denoising")
         f0 = block * frames
@@ -94,26 +91,26 @@ class BlockStepper:
         fe = f0 - k * self.positions.period  # the time position the block's tokens use
         q_rope = rope_cos_sin(noisy_positions(fe, frames, self.h // 2, self.w // 2), self.cfg)
         cond_rope = self._cond_rope(ref_time(fe, self.offsets(block, step), self.cfg.ref_time_index))
-        return self.ring_start(block, frames), q_rope, cond_rope
+        return self.rings[step].plan(f0 * self.tokens_per_frame, q_rope, cond_rope)
 
     def velocity(self, step: int, x: torch.Tensor, block: int, audio, cond_states: torch.Tensor) -> torch.Tensor:
         """The model output of denoising step `step` for block `block` (writes cache `step`); eager."""
-        Fr = x.shape[2]
-        start, q_rope, cond_rope = self.block_inputs(step, block, Fr)
+        return self._velocity(step, x, self.plan(step, block, x.shape[2]), audio, cond_states)
+
+    def _velocity(self, step: int, x: torch.Tensor, plan: BlockPlan, audio, cond_states: torch.Tensor) -> torch.Tensor:
         ring, ops = self.rings[step], self.model.ops
-        t = self.timesteps[step].expand(x.shape[0], Fr).to(ops.device)
-        return self.model.forward_block(
-            x, t, cond_states, self.text_kv, audio,
-            lambda i: ring.attend(i, start, q_rope, self.cond, cond_rope, ops))
+        t = self.timesteps[step].expand(x.shape[0], x.shape[2]).to(ops.device)
+        return self.model.forward_block(x, t, cond_states, self.text_kv, audio,
+                                        lambda i: ring.attend(i, plan, self.cond, ops))
 
     def _step(self, step: int, x: torch.Tensor, block: int, audio, cond_states: torch.Tensor,
               keep_v: bool = False) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """(velocity or None, next latent): a graph replay once the step's graph applies, else eager."""
-        if self.graphs is not None:
-            out = self.graphs.run(self, step, x, block, audio, cond_states, keep_v)
-            if out is not None:
-                return out
-        v = self.velocity(step, x, block, audio, cond_states)
+        """(velocity or None, next latent): a graph replay once the step's ring is full (the
+        graph attends over the whole ring), else eager. Both run the same plan."""
+        plan = self.plan(step, block, x.shape[2])
+        if self.graphs is not None and plan.valid == self.rings[step].capacity:
+            return self.graphs.run(self, step, x, plan, audio, cond_states, keep_v)
+        v = self._velocity(step, x, plan, audio, cond_states)
         return v, euler_step(x, v, self.sigmas[step], self.sigmas[step + 1])
 
     def step(self, step: int, x: torch.Tensor, block: int, audio, cond_states: torch.Tensor) -> torch.Tensor:

@@ -40,7 +40,7 @@ def _run(model, cond_x, xs, cond_rope, q_ropes, fused: bool):
     outs = [attn(cond_x, wrap(cond.prefill_attend(0, *cond_rope, ops)))]
     ring = RingCache(1, 1, 2 * N_BLOCK, CFG.num_heads, CFG.head_dim, ops.dtype)
     for b, x in enumerate(xs):
-        outs.append(attn(x, wrap(ring.attend(0, b * N_BLOCK, q_ropes[b], cond, cond_rope, ops))))
+        outs.append(attn(x, wrap(ring.attend(0, ring.plan(b * N_BLOCK, q_ropes[b], cond_rope), cond, ops))))
     return outs, cond, ring
 
 
@@ -83,7 +83,7 @@ def test_gradients_flow_through_forced_ref_model():
     ring = RingCache(1, 1, 2 * N_BLOCK, CFG.num_heads, CFG.head_dim, ops.dtype)
     x = xs[0].clone().requires_grad_(True)
     e = torch.randn(1, 2, 6, CFG.dim) * 0.1
-    out = blk(x, e, text_kv, ring.attend(0, 0, q_ropes[0], cond, cond_rope, ops))
+    out = blk(x, e, text_kv, ring.attend(0, ring.plan(0, q_ropes[0], cond_rope), cond, ops))
     (out.square().mean()).backward()
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
     for name, p in blk.self_attn.named_parameters():

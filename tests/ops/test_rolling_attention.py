@@ -120,7 +120,7 @@ def test_ring_wraparound_through_ring_cache(cpu_fn, dtype):
         for name, ring in rings.items():
             c = cond32 if name == "fp32" else cond
             cast = (lambda t: t.float()) if name == "fp32" else (lambda t: t)
-            out[name] = ring.attend(0, block * n, q_rope, c, cond_rope, tables[name])(cast(q), cast(k), cast(v))
+            out[name] = ring.attend(0, ring.plan(block * n, q_rope, cond_rope), c, tables[name])(cast(q), cast(k), cast(v))
         assert_provider_close(out["cpu"], out["ref"], out["fp32"], f"RingCache.attend[cpu] block {block}")
         assert torch.equal(rings["cpu"].k, rings["ref"].k) and torch.equal(rings["cpu"].v, rings["ref"].v)
 
