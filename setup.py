@@ -26,6 +26,7 @@ def _rel(pattern: str) -> list[str]:
 
 
 def _extensions():
+    # Read here (the build runs before the package is importable); listed in liveavatar_rt/envvars.py.
     if os.environ.get("LIVEAVATAR_RT_NO_EXT", "") not in ("", "0"):
         return [], {}
     import torch

@@ -11,13 +11,14 @@ its PyTorch references and the reason is kept for `liveavatar-rt info` (`load_er
 from __future__ import annotations
 
 import importlib
-import os
 import threading
 from typing import Optional
 
 import torch
 
-DISABLE_ENV = "LIVEAVATAR_RT_DISABLE_EXT"
+from . import envvars
+
+DISABLE_ENV = envvars.DISABLE_EXT
 
 _lock = threading.Lock()
 _tried = False
@@ -81,8 +82,9 @@ def load() -> bool:
         if _tried:
             return _error is None
         _tried = True
-        if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
-            _error = f"disabled by {DISABLE_ENV}={os.environ[DISABLE_ENV]}"
+        disabled = envvars.disable_ext()
+        if disabled is not None:
+            _error = f"disabled by {DISABLE_ENV}={disabled}"
             return False
         try:
             importlib.import_module("liveavatar_rt._C")

@@ -32,8 +32,9 @@ class ModelConfig:
     num_audio_tokens: int = 4
     audio_inject_layers: tuple[int, ...] = (0, 4, 8, 12, 16, 20, 24, 27, 30, 33, 36, 39)
     zip_frame_buckets: tuple[int, int, int] = (1, 2, 16)
-    rope_table_len: int = 45000  # published table length (positions >= this overflow there)
-    motion_table_len: int = 1024  # the frame packer's own RoPE table
+    # Published RoPE table length (positions >= this overflow there); engine.positions.PositionPolicy's
+    # default limit. (RoPE tables here are computed on the fly, model/rope.py, so nothing else uses it.)
+    rope_table_len: int = 45000
     ref_time_index: int = 30  # RoPE time position of the reference latent
 
     def __post_init__(self) -> None:

@@ -29,7 +29,9 @@ class MissingTool(RuntimeError):
 
 
 def chromium_path() -> str:
-    """Chromium for the browser test: LIVEAVATAR_RT_CHROMIUM, else Debian's /usr/bin/chromium."""
+    """Chromium for the browser test: LIVEAVATAR_RT_CHROMIUM, else Debian's /usr/bin/chromium.
+    Read here, not through liveavatar_rt/envvars.py (which lists it, in envvars.OUTSIDE): this file
+    runs standalone, without the package importable."""
     return os.environ.get("LIVEAVATAR_RT_CHROMIUM", "/usr/bin/chromium")
 
 

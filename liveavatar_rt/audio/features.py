@@ -23,6 +23,8 @@ import math
 
 import numpy as np
 
+from ..config import AUDIO_RATE
+
 REF_DBFS = -30.0  # white-noise level that maps to 0 after normalisation
 LOG_SCALE = 4.0  # log units per normalised unit
 EPS = 1e-6
@@ -54,7 +56,7 @@ class LogMelFeatures:
     layers, dim (= n_mels), lookahead_samples (= win - hop), stream().
     """
 
-    def __init__(self, n_mels: int = 32, layers: int = 25, sample_rate: int = 16000, hop: int = 320, win: int = 400):
+    def __init__(self, n_mels: int = 32, layers: int = 25, sample_rate: int = AUDIO_RATE, hop: int = 320, win: int = 400):
         if n_mels < 1 or layers < 1 or hop < 1 or win < hop:
             raise ValueError(f"bad LogMelFeatures sizes n_mels={n_mels} layers={layers} hop={hop} win={win}")
         self.n_mels, self.layers, self.sample_rate, self.hop, self.win = n_mels, layers, sample_rate, hop, win

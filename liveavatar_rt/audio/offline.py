@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..config import AUDIO_RATE
 from .align import align_offline
 from .pcm import as_mono_float32
 from .resample import resample
@@ -18,11 +19,12 @@ from .stream import AudioNotReady
 
 
 class OfflineAudioStream:
-    def __init__(self, features, frames_per_block: int = 12, fps: int = 25, blocks_per_clip: int = 4):
-        """features: callable pcm16k [n] -> [layers, dim, T50] (e.g. Wav2VecFeatures)."""
-        self.features, self.frames_per_block, self.fps = features, frames_per_block, fps
-        self.batch_frames = frames_per_block * blocks_per_clip
-        self.samples_per_frame = 16000 // fps
+    def __init__(self, features, video_frames_per_block: int = 12, fps: int = 25, blocks_per_clip: int = 4):
+        """features: callable pcm16k [n] -> [layers, dim, T50] (e.g. Wav2VecFeatures).
+        video_frames_per_block: video frames per block (12 = 4 * StreamConfig.frames_per_block)."""
+        self.features, self.video_frames_per_block, self.fps = features, video_frames_per_block, fps
+        self.batch_frames = video_frames_per_block * blocks_per_clip
+        self.samples_per_frame = AUDIO_RATE // fps
         self._chunks: list[np.ndarray] = []
         self._rate: int | None = None
         self._feat: torch.Tensor | None = None
@@ -56,7 +58,7 @@ class OfflineAudioStream:
             raise ValueError("end() without any audio: nothing to generate")
         pcm = np.concatenate(self._chunks)
         self._chunks = []
-        pcm16 = resample(pcm, self._rate, 16000) if self._rate != 16000 else pcm
+        pcm16 = resample(pcm, self._rate, AUDIO_RATE) if self._rate != AUDIO_RATE else pcm
         if self._lead:
             pcm16 = np.concatenate([np.zeros(self._lead, np.float32), pcm16.astype(np.float32, copy=False)])
         feat = align_offline(self.features(pcm16), self.fps, self.batch_frames)  # [L, D, n_video]
@@ -64,7 +66,7 @@ class OfflineAudioStream:
         n_video = feat.shape[2]
         self._pcm = np.zeros(n_video * self.samples_per_frame, np.float32)
         self._pcm[:min(len(pcm16), len(self._pcm))] = pcm16[:len(self._pcm)]
-        self.total_blocks = n_video // self.frames_per_block
+        self.total_blocks = n_video // self.video_frames_per_block
         self.ended = True
 
     def blocks_ready(self) -> int:
@@ -78,12 +80,12 @@ class OfflineAudioStream:
 
     def block_features(self, n: int) -> torch.Tensor:
         self._check(n)
-        f = self.frames_per_block
+        f = self.video_frames_per_block
         return self._feat[:, :, n * f:(n + 1) * f]
 
     def block_pcm(self, n: int) -> np.ndarray:
         self._check(n)
-        s = self.frames_per_block * self.samples_per_frame
+        s = self.video_frames_per_block * self.samples_per_frame
         return self._pcm[n * s:(n + 1) * s].copy()
 
     def release(self, n: int) -> None:

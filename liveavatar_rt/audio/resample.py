@@ -24,6 +24,7 @@ import math
 
 import numpy as np
 
+from ..config import AUDIO_RATE
 from .pcm import check_sample_rate
 
 CUTOFF = 0.475  # fraction of min(rate)
@@ -50,7 +51,7 @@ class StreamingResampler:
     when the rates are equal. State: the input samples still needed (<= K + chunk) + counters.
     """
 
-    def __init__(self, in_rate: int, out_rate: int = 16000):
+    def __init__(self, in_rate: int, out_rate: int = AUDIO_RATE):
         self.in_rate, self.out_rate = check_sample_rate(in_rate), check_sample_rate(out_rate)
         g = math.gcd(self.in_rate, self.out_rate)
         self.up, self.down = self.out_rate // g, self.in_rate // g
@@ -133,7 +134,7 @@ class StreamingResampler:
         return self._compute(max(self._m, m_total))
 
 
-def resample(x, in_rate: int, out_rate: int = 16000) -> np.ndarray:
+def resample(x, in_rate: int, out_rate: int = AUDIO_RATE) -> np.ndarray:
     """One-shot resampling of mono PCM [n] -> float32 [ceil(n * out_rate / in_rate)];
     identical to StreamingResampler push(x) + flush()."""
     rs = StreamingResampler(in_rate, out_rate)

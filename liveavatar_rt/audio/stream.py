@@ -1,7 +1,7 @@
 """AudioStream: PCM of any rate/format in, per-block audio features + the matching 16 kHz PCM out.
 
 Pipeline per push: validate (pcm.py) -> StreamingResampler to the extractor's rate (16 kHz)
--> feature stream (50 Hz) -> StreamingAligner (25 fps) -> block buffer of `frames_per_block`
+-> feature stream (50 Hz) -> StreamingAligner (25 fps) -> block buffer of `video_frames_per_block`
 (12) video frames. Every stage is chunking-invariant bit for bit, so the block features and
 block PCM do not depend on how the audio was split into pushes.
 
@@ -73,13 +73,16 @@ class _TimeBuffer:
 class AudioStream:
     """Streaming audio front end of a session.
 
-    AudioStream(sample_rate_in, feature_extractor, frames_per_block=12, fps=25); the form
+    AudioStream(sample_rate_in, feature_extractor, video_frames_per_block=12, fps=25); the form
     AudioStream(feature_extractor, ...) is accepted too (the first push then fixes the rate).
     feature_extractor: e.g. LogMelFeatures(); needs sample_rate, hop (rate / 50), layers,
-    dim and stream(). block_features(n): torch float32 [layers, dim, frames_per_block].
+    dim and stream(). block_features(n): torch float32 [layers, dim, video_frames_per_block].
+    video_frames_per_block counts video frames (12), not StreamConfig.frames_per_block's latent
+    frames (3): it is 4 * StreamConfig.frames_per_block.
     """
 
-    def __init__(self, sample_rate_in=None, feature_extractor=None, frames_per_block: int = 12, fps: int = 25):
+    def __init__(self, sample_rate_in=None, feature_extractor=None, video_frames_per_block: int = 12,
+                 fps: int = 25):
         if feature_extractor is None and hasattr(sample_rate_in, "stream"):
             sample_rate_in, feature_extractor = None, sample_rate_in
         if feature_extractor is None:
@@ -93,14 +96,14 @@ class AudioStream:
             raise ValueError(f"extractor rate {self.rate} Hz / hop {fx.hop} must give 50 Hz features and a "
                              f"whole number of samples per video frame at {fps} fps")
         self.sample_rate_in = None if sample_rate_in is None else check_sample_rate(sample_rate_in)
-        self.fx, self.fps, self.frames_per_block = fx, fps, frames_per_block
+        self.fx, self.fps, self.video_frames_per_block = fx, fps, video_frames_per_block
         self.samples_per_frame = self.rate // fps  # 640
-        self.block_samples = self.samples_per_frame * frames_per_block  # 7680 = 480 ms
+        self.block_samples = self.samples_per_frame * video_frames_per_block  # 7680 = 480 ms
         self._rs = None if self.sample_rate_in is None else StreamingResampler(self.sample_rate_in, self.rate)
         self._feat = fx.stream()
         self._align = StreamingAligner(fps)
         self._pcm = _TimeBuffer((), 4 * self.block_samples)
-        self._frames = _TimeBuffer((fx.layers, fx.dim), 4 * frames_per_block)
+        self._frames = _TimeBuffer((fx.layers, fx.dim), 4 * video_frames_per_block)
         self._released = 0  # blocks < this were released
         self.ended = False
         self.total_blocks: int | None = None  # known after end()
@@ -145,7 +148,7 @@ class AudioStream:
             self._ingest(self._rs.flush())
         self._frames.append(self._align.push(self._feat.flush()))
         n_video = -(-self._pcm.end // self.samples_per_frame)
-        self.total_blocks = -(-n_video // self.frames_per_block)
+        self.total_blocks = -(-n_video // self.video_frames_per_block)
         self.ended = True
 
     # ---- output --------------------------------------------------------------------------
@@ -153,7 +156,7 @@ class AudioStream:
         """Blocks (counted from 0, released ones included) whose features and PCM are final."""
         if self.ended:
             return self.total_blocks
-        return min(self._frames.end // self.frames_per_block, self._pcm.end // self.block_samples)
+        return min(self._frames.end // self.video_frames_per_block, self._pcm.end // self.block_samples)
 
     def _check(self, n: int, what: str) -> None:
         if n < 0:
@@ -167,13 +170,13 @@ class AudioStream:
                                 f"~{1000 * (n + 1) * self.block_samples / self.rate:.0f} ms (+ lookahead) or end()")
 
     def block_features(self, n: int) -> torch.Tensor:
-        """Features of block n: float32 [layers, dim, frames_per_block]; zeros past the end."""
+        """Features of block n: float32 [layers, dim, video_frames_per_block]; zeros past the end."""
         self._check(n, "features")
-        f = self.frames_per_block
+        f = self.video_frames_per_block
         return torch.from_numpy(self._frames.read(n * f, (n + 1) * f))
 
     def block_pcm(self, n: int) -> np.ndarray:
-        """16 kHz float32 PCM [n*B, (n+1)*B), B = 640 * frames_per_block; zeros past the end."""
+        """16 kHz float32 PCM [n*B, (n+1)*B), B = 640 * video_frames_per_block; zeros past the end."""
         self._check(n, "PCM")
         return self._pcm.read(n * self.block_samples, (n + 1) * self.block_samples)
 
@@ -184,7 +187,7 @@ class AudioStream:
         a last <~ 30 ms of audio that spills into a new clip; we keep it)."""
         if not self.ended:
             raise RuntimeError("total_blocks_for_clips() is known only after end()")
-        clips = published_num_clips(self._align.n_features, self.fps, blocks_per_clip * self.frames_per_block)
+        clips = published_num_clips(self._align.n_features, self.fps, blocks_per_clip * self.video_frames_per_block)
         clips = max(clips, -(-self.total_blocks // blocks_per_clip))
         return clips * blocks_per_clip
 
@@ -196,7 +199,7 @@ class AudioStream:
 
     def _trim(self) -> None:
         self._pcm.drop_before(self._released * self.block_samples)
-        self._frames.drop_before(self._released * self.frames_per_block)
+        self._frames.drop_before(self._released * self.video_frames_per_block)
 
     def buffered(self) -> dict[str, int]:
         """Sizes of every internal buffer (samples / frames / features), for monitoring."""

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..config import AUDIO_RATE
+
 
 def _import_transformers():
     try:
@@ -27,7 +29,7 @@ class Wav2VecFeatures:
     """Wav2VecFeatures(folder)(pcm16k [n] float) -> torch [25, hidden, T50] (layers, dim, time),
     T50 = (n - 400) // 320 + 1. dtype: the model's compute dtype (published: bfloat16)."""
 
-    sample_rate, hop, win = 16000, 320, 400
+    sample_rate, hop, win = AUDIO_RATE, 320, 400
 
     def __init__(self, folder, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
         tf = _import_transformers()

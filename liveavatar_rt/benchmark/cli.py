@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..config import DTYPES
 from .e2e import EXAMPLE, BenchConfig
 
 
@@ -22,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", default=str(EXAMPLE / "portrait.png"))
     p.add_argument("--audio", default=str(EXAMPLE / "speech.wav"), help="looped to the needed length")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     p.add_argument("--device", default="cpu")
     p.add_argument("--provider", default=None, help="force providers, e.g. 'ref' (LIVEAVATAR_RT_PROVIDER syntax)")
     p.add_argument("--no-encode", dest="encode", action="store_false", help="skip the MP4 encode stage")

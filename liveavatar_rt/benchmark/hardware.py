@@ -13,6 +13,8 @@ import platform
 
 import torch
 
+from .. import envvars
+
 
 def _version(pkg: str) -> str:
     try:
@@ -93,5 +95,5 @@ def fingerprint(ops=None) -> dict:
         "liveavatar_rt": __version__,
         "extension": "loaded" if _ext.available() else f"unavailable: {_ext.load_error()}",
         "providers": dict(ops.chosen) if ops is not None else {},
-        "provider_env": os.environ.get("LIVEAVATAR_RT_PROVIDER", ""),
+        "provider_env": envvars.provider() or "",
     }

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ..config import AUDIO_RATE, StreamConfig, from_name
+from ..envvars import tiny_random
 from ..model import CausalWanS2V
 from ..model.init import init_random_
 from ..model.vae import VAEConfig, WanVAE
@@ -170,7 +171,7 @@ class Pipeline:
         that has not shipped them yet, or `LIVEAVATAR_RT_TINY_RANDOM=1` for tests of the code
         paths only) seeded random weights, said loudly."""
         ckpt = PACKAGED_WEIGHTS / "tiny.safetensors"
-        if ckpt.is_file() and os.environ.get("LIVEAVATAR_RT_TINY_RANDOM", "") in ("", "0"):
+        if ckpt.is_file() and not tiny_random():
             return cls._tiny_file(ckpt, ops, opts)
         model = init_random_(CausalWanS2V(from_name("tiny"), ops), seed=seed, device=device)
         vae = WanVAE(TINY_VAE, dtype=dtype, device=device, ops=ops).init_random_(seed)
@@ -225,7 +226,7 @@ class Pipeline:
         else:
             cfg = self.model.cfg
             audio = AudioStream(LogMelFeatures(n_mels=cfg.audio_dim, layers=cfg.audio_layers),
-                                frames_per_block=4 * self.stream.frames_per_block, fps=self.stream.fps)
+                                video_frames_per_block=4 * self.stream.frames_per_block, fps=self.stream.fps)
         if lead_in:
             audio.lead_in(STREAM_START_DROP * audio.samples_per_frame)
         return audio

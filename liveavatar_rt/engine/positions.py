@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..config import ModelConfig
+
 
 def _mix(x: int) -> int:
     """splitmix64 finaliser: a well-spread 64-bit hash of an integer."""
@@ -51,7 +53,8 @@ class PositionPolicy:
     """Maps a block's absolute first latent frame to the time position its tokens use.
 
     `official`: positions are absolute, as published; the published RoPE table has `limit`
-    (45000) entries, so a block reaching it raises (~2 h of video at 25 fps).
+    entries (default `ModelConfig.rope_table_len`, 45000: the one source of that length), so a
+    block reaching it raises (~2 h of video at 25 fps).
     `bounded` (default): identical to `official` until a block would reach `limit`; from then
     on positions are rebased by whole `period`s so they stay in [limit - period, limit). RoPE
     only sees differences between the noisy, cached and reference positions, and all of those
@@ -62,8 +65,8 @@ class PositionPolicy:
     """
 
     mode: str = "bounded"
-    limit: int = 45000
-    period: int = 30000
+    limit: int = ModelConfig.rope_table_len
+    period: int = 30000  # rebase step of `bounded` (a runtime choice, not a model property)
 
     def __post_init__(self) -> None:
         if self.mode not in ("bounded", "official"):

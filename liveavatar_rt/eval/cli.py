@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..config import DTYPES
 from .clips import DEFAULT_DIR
 
 
@@ -23,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clips", default=str(DEFAULT_DIR), help="clip set directory holding manifest.json")
     p.add_argument("--window", type=float, default=30.0, help="seconds of video per metrics window")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     p.add_argument("--device", default="cpu")
     p.add_argument("--from-csv", default=None, help="do not generate: summarize and plot an existing CSV")
 

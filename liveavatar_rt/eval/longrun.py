@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ..benchmark.memory import rss_mib
+from ..config import DTYPES
 from . import metrics
 from .clips import DEFAULT_DIR, LoopedClips, load_clip_set
 
@@ -63,8 +64,8 @@ class EvalConfig:
             raise ValueError(f"minutes must be > 0, got {self.minutes}")
         if not self.window_seconds > 0:
             raise ValueError(f"window_seconds must be > 0, got {self.window_seconds}")
-        if self.dtype not in ("bf16", "fp32"):
-            raise ValueError(f"dtype must be bf16 or fp32, got {self.dtype!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
 
 
 def _lipsync_fns():
@@ -78,7 +79,7 @@ def _lipsync_fns():
 
 def reference_frame(image, pipe) -> np.ndarray:
     """The reference image exactly as the session prepares it, as uint8 [H, W, 3]."""
-    from ..engine.session import to_uint8
+    from ..engine.executor import to_uint8
     from ..io.image import load_image, output_size, prepare_reference
 
     img = load_image(image)
@@ -112,7 +113,7 @@ def run_eval(cfg: EvalConfig, on_row: Callable[[dict], None] | None = None, log=
     clip_set = load_clip_set(cfg.clips_dir)
     ident = clip_set.identity(cfg.identity)
     source = LoopedClips(clip_set, ident.name)
-    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[cfg.dtype]
+    dtype = DTYPES[cfg.dtype]
     pipe = Pipeline.from_pretrained(cfg.model, device=cfg.device, dtype=dtype, seed=cfg.seed, quiet=True)
     if pipe.stream.fps != clip_set.fps:
         raise ValueError(f"clip set is at {clip_set.fps} fps, the model streams at {pipe.stream.fps} fps")

@@ -52,10 +52,11 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return torch.ops.liveavatar_rt.rms_norm.default(x, weight, eps)
 
 
-def _frames(t: torch.Tensor, nd: int, B: int, C: int) -> Optional[torch.Tensor]:
+def _frames(t: torch.Tensor, nd: int, B: int, C: int, device_type: str = "cpu") -> Optional[torch.Tensor]:
     """shift/scale in the reference's broadcast form, as the kernel's [B|1, F, C] (a view), or
-    None. For nd == 4 the reference form is per frame, [B|1, F|1, 1, C] against [B, F, S, C]."""
-    if t.dtype != torch.float32 or t.device.type != "cpu" or not 1 <= t.dim() <= nd or t.shape[-1] != C:
+    None. For nd == 4 the reference form is per frame, [B|1, F|1, 1, C] against [B, F, S, C].
+    `device_type`: where the kernel runs (cuda_providers.py shares this with the CUDA kernel)."""
+    if t.dtype != torch.float32 or t.device.type != device_type or not 1 <= t.dim() <= nd or t.shape[-1] != C:
         return None
     if t.dim() != nd:  # each view op is a dispatcher round trip: only those needed
         t = t.reshape((1,) * (nd - t.dim()) + tuple(t.shape))
@@ -86,13 +87,22 @@ def modulate(x_norm: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, out
     it). Also accepted: 3-D shift/scale [B|1, F, C] with L % F == 0, the kernel's own per-frame
     form (an extension of the reference's broadcasting). Anything else runs the reference.
     """
-    nd = x_norm.dim()
     if out_dtype in _DTYPES and _per_frame_form(x_norm, (shift, scale)) and shift.shape == scale.shape:
         return torch.ops.liveavatar_rt.modulate.default(x_norm, shift, scale, out_dtype)  # taken as is
-    if x_norm.dtype not in _DTYPES or out_dtype not in _DTYPES or x_norm.device.type != "cpu" or nd not in (3, 4):
+    return modulate_as_tokens(x_norm, shift, scale, out_dtype, "cpu")
+
+
+def modulate_as_tokens(x_norm: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, out_dtype: torch.dtype,
+                       device_type: str) -> torch.Tensor:
+    """`modulate` through the kernel's [B, L, C] form with shift/scale [B|1, F, C] (a 4-D x_norm
+    viewed as tokens), on `device_type` (the CPU and the CUDA provider); other forms run the
+    reference."""
+    nd = x_norm.dim()
+    if (x_norm.dtype not in _DTYPES or out_dtype not in _DTYPES or x_norm.device.type != device_type
+            or nd not in (3, 4)):
         return _modulate_ref(x_norm, shift, scale, out_dtype)
     B, C = x_norm.shape[0], x_norm.shape[-1]
-    sh, sc = _frames(shift, nd, B, C), _frames(scale, nd, B, C)
+    sh, sc = _frames(shift, nd, B, C, device_type), _frames(scale, nd, B, C, device_type)
     if sh is None or sc is None:
         return _modulate_ref(x_norm, shift, scale, out_dtype)
     n_frames = x_norm.shape[1]

@@ -17,11 +17,12 @@ Forcing a provider: `LIVEAVATAR_RT_PROVIDER=ref` (reference everywhere) or
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
+
+from .. import envvars
 
 SupportsFn = Callable[[torch.device, torch.dtype], Optional[str]]
 
@@ -138,7 +139,7 @@ class OpTable:
 
     def rebind(self, device="cpu", dtype=torch.float32, force: Optional[str | dict] = None) -> "OpTable":
         if force is None:
-            force = os.environ.get("LIVEAVATAR_RT_PROVIDER")
+            force = envvars.provider()
         forced = force if isinstance(force, dict) else _parse_force(force)
         device = torch.device(device)
         self.chosen: dict[str, str] = {}

@@ -6,9 +6,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
+from .. import envvars
+from ..config import DTYPES
 from .config import MiB, ServeConfig
 
 
@@ -51,7 +52,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="segments queued per client before the oldest is dropped")
     p.add_argument("--ack-window", type=int, default=d.ack_window, help="unacknowledged segments in flight")
     p.add_argument("--seed", type=int, default=0, help="weight seed of the tiny preset")
-    p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     p.add_argument("--no-warmup", action="store_true",
                    help="skip rendering one block at start-up (it keeps one-time costs out of the first TTFF)")
     p.add_argument("--log-level", default="info")
@@ -60,7 +61,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
-    token = args.token if args.token is not None else os.environ.get("LIVEAVATAR_RT_TOKEN") or None
+    token = args.token if args.token is not None else envvars.token()
     return ServeConfig(host=args.host, port=args.port, token=token, allowed_origins=tuple(args.allow_origin),
                        allowed_hosts=tuple(args.allow_host), max_sessions=args.max_sessions,
                        max_image_bytes=int(args.max_image_mb * MiB), max_image_pixels=args.max_image_pixels,

@@ -22,6 +22,7 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
+from ..config import AUDIO_RATE
 from .fmp4 import AUDIO_TRACK, TICKS_PER_FRAME, VIDEO_TRACK, Sample, codec_string, init_segment, media_segment
 
 
@@ -48,7 +49,7 @@ def split_annexb(data: bytes) -> list[bytes]:
 class SegmentEncoder:
     """Stateful: one per stream. Not thread-safe (one worker thread owns it)."""
 
-    def __init__(self, width: int, height: int, fps: int = 25, sample_rate: int = 16000,
+    def __init__(self, width: int, height: int, fps: int = 25, sample_rate: int = AUDIO_RATE,
                  audio_bitrate: int = 64000, crf: int = 23):
         if width % 2 or height % 2:
             raise ValueError(f"H.264 4:2:0 needs even frame sizes, got {width}x{height}")

@@ -62,6 +62,21 @@ def test_mono_one_sample_chunks_16k():
         np.testing.assert_array_equal(a.block_pcm(i), b.block_pcm(i))
 
 
+def test_video_frames_per_block():
+    """Blocks are `video_frames_per_block` video frames (12 by default = 4 latent frames of
+    StreamConfig.frames_per_block); another size regroups the same frames and PCM."""
+    x = np.random.default_rng(2).standard_normal(19200).astype(np.float32) * 0.1  # 30 video frames
+    a, b = AudioStream(16000, FX), AudioStream(16000, FX, video_frames_per_block=6)
+    assert a.video_frames_per_block == 12 and b.video_frames_per_block == 6 and b.block_samples == 3840
+    for s in (a, b):
+        s.push(x, 16000)
+        s.end()
+    assert (a.total_blocks, b.total_blocks) == (3, 5)
+    assert b.block_features(0).shape == (25, 32, 6)
+    assert torch.equal(a.block_features(1), torch.cat([b.block_features(2), b.block_features(3)], dim=2))
+    np.testing.assert_array_equal(a.block_pcm(1), np.concatenate([b.block_pcm(2), b.block_pcm(3)]))
+
+
 def test_end_of_stream_padding_and_lengths():
     s = AudioStream(16000, FX)
     s.push(np.full(19200, 0.1, np.float32), 16000)  # 1.2 s = 30 video frames, 59 features

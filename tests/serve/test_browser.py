@@ -13,6 +13,7 @@ import wave
 import numpy as np
 import pytest
 
+from liveavatar_rt import envvars
 from liveavatar_rt.system_deps import MissingTool, chromium_path, require
 
 from .conftest import http_get, metric
@@ -38,7 +39,7 @@ def _browser_or_skip():
         except MissingTool as e:
             missing = str(e)
     if missing:
-        if os.environ.get("LIVEAVATAR_RT_REQUIRE_BROWSER") == "1":
+        if envvars.require_browser():
             pytest.fail(f"browser test required but {missing}")
         pytest.skip(missing)
     return sync_playwright

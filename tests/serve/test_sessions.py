@@ -190,14 +190,14 @@ class FailingEngine:
 
     def open(self, image, prompt=None, seed=0):
         sess = self.inner.open(image, prompt=prompt, seed=seed)
-        generate = sess._generate
+        submit = sess.executor.submit
 
-        def failing(n):
-            if n == 1:
+        def failing(job):
+            if job.index == 1:
                 raise RuntimeError("simulated kernel failure")
-            return generate(n)
+            return submit(job)
 
-        sess._generate = failing
+        sess.executor.submit = failing
         return sess
 
 

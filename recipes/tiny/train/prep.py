@@ -34,7 +34,8 @@ def video_tensor(frames: np.ndarray) -> torch.Tensor:
 
 def block_features(audio: np.ndarray, blocks: int, cfg) -> torch.Tensor:
     """16 kHz audio -> [blocks, layers, dim, 12] through the runtime's streaming front end."""
-    st = AudioStream(16000, LogMelFeatures(n_mels=cfg.audio_dim, layers=cfg.audio_layers), frames_per_block=12, fps=25)
+    st = AudioStream(16000, LogMelFeatures(n_mels=cfg.audio_dim, layers=cfg.audio_layers),
+                     video_frames_per_block=12, fps=25)
     st.push(audio.astype(np.float32), 16000)
     st.end()
     return torch.stack([st.block_features(b) for b in range(blocks)])
