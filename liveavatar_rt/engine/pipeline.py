@@ -214,15 +214,29 @@ class Pipeline:
         return cls(model, vae, stream=opts["stream"], max_area=opts["max_area"] or PUBLISHED_MAX_AREA,
                    text_encoder=text, audio_features=audio)
 
-    def new_audio_stream(self, lead_in: bool = True):
+    def new_audio_stream(self, lead_in: bool = True, audio_window=None):
         """A session's audio stream. lead_in: start it with the stream-start span the published
-        rule drops (STREAM_START_DROP frames of silence), so every pushed sample is in the output."""
+        rule drops (STREAM_START_DROP frames of silence), so every pushed sample is in the output.
+        audio_window (wav2vec2 models): None or an AudioWindow streams windowed wav2vec2 features
+        (audio/windowed.py; None: the default window); "offline": the published path, features
+        over the whole utterance, blocks only after end_audio()."""
         from ..audio import AudioStream, LogMelFeatures
         from ..audio.offline import OfflineAudioStream
+        from ..audio.windowed import AudioWindow, WindowedAudioStream
 
+        s = self.stream
         if self.audio_features is not None:
-            audio = OfflineAudioStream(self.audio_features, 4 * self.stream.frames_per_block, self.stream.fps,
-                                       self.stream.blocks_per_clip)
+            if audio_window == "offline":
+                audio = OfflineAudioStream(self.audio_features, 4 * s.frames_per_block, s.fps, s.blocks_per_clip)
+            elif audio_window is None or isinstance(audio_window, AudioWindow):
+                audio = WindowedAudioStream(self.audio_features, audio_window or AudioWindow(),
+                                            4 * s.frames_per_block, s.fps, s.blocks_per_clip)
+            else:
+                raise ValueError(f"audio_window={audio_window!r}: use None (streaming, default window), an "
+                                 "AudioWindow or 'offline'")
+        elif audio_window is not None:
+            raise ValueError("audio_window= applies to wav2vec2 models (the published layout); this model streams "
+                             "log-mel features")
         else:
             cfg = self.model.cfg
             audio = AudioStream(LogMelFeatures(n_mels=cfg.audio_dim, layers=cfg.audio_layers),
@@ -233,14 +247,18 @@ class Pipeline:
 
     def session(self, image, prompt: str | None = None, prompt_embeds: torch.Tensor | None = None, seed: int = 0,
                 sink_replacement: bool = True, positions: PositionPolicy | None = None,
-                sink_offset: int | None = None, decode: bool = True, lead_in: bool = True) -> Session:
+                sink_offset: int | None = None, decode: bool = True, lead_in: bool = True,
+                audio_window=None) -> Session:
         """Open a streaming session. image: path, PIL image or uint8 array [H, W, 3].
         prompt: text, encoded by the model's umT5 (published layout); prompt_embeds: [Lt, 4096]
         precomputed encoder output instead. The tiny preset has no text model: it takes
         prompt_embeds or nothing. decode=False: blocks carry only `latent` (video has 0 frames) for
         a caller that decodes elsewhere or not at all (latent-space probes, a separate decoder).
         lead_in=False: the published stream start (its first 3 frames and their 120 ms of the
-        user's audio are dropped); default True pads the start instead, so no speech is lost."""
+        user's audio are dropped); default True pads the start instead, so no speech is lost.
+        audio_window (wav2vec2 models): None (stream with the default AudioWindow), an
+        `audio.AudioWindow(window_s, lookahead_s)`, or "offline" (the published whole-utterance
+        features: exact published numerics, blocks only after end_audio())."""
         if prompt is not None and prompt_embeds is not None:
             raise ValueError("pass prompt or prompt_embeds, not both")
         if prompt is not None:
@@ -250,7 +268,8 @@ class Pipeline:
             prompt_embeds = self.text_encoder(prompt)
         text = self.default_text if prompt_embeds is None else prompt_embeds
         return Session(self, image, text.to(self.dtype), seed=seed, sink_replacement=sink_replacement,
-                       positions=positions, sink_offset=sink_offset, decode=decode, lead_in=lead_in)
+                       positions=positions, sink_offset=sink_offset, decode=decode, lead_in=lead_in,
+                       audio_window=audio_window)
 
     def _executor(self, spec: SessionSpec, wake):
         """The block executor of a new session: this process, or the ring (one session at a time)."""

@@ -63,7 +63,7 @@ class Session:
 
     def __init__(self, pipe, image, text: torch.Tensor, seed: int = 0, sink_replacement: bool = True,
                  positions: PositionPolicy | None = None, sink_offset: int | None = None, decode: bool = True,
-                 lead_in: bool = True):
+                 lead_in: bool = True, audio_window=None):
         from ..io.image import load_image, output_size, prepare_reference
 
         t0 = time.perf_counter()
@@ -83,7 +83,7 @@ class Session:
                            sink_offset=sink_offset, decode=decode, cond=cond)
         self._cv = threading.Condition()
         self.executor = pipe._executor(spec, self._wake)
-        self.audio = pipe.new_audio_stream(lead_in)
+        self.audio = pipe.new_audio_stream(lead_in, audio_window)
         # produced frame j shows input frame j + input_offset_frames (the published start skips 3)
         self.input_offset_frames = 0 if lead_in else STREAM_START_DROP
         self._submitted = 0  # blocks handed to the executor

@@ -14,7 +14,7 @@ import time
 import torch
 
 from ..engine.conditioning import warmed_decoder
-from ..engine.executor import SessionSpec, open_stepper, to_uint8
+from ..engine.executor import open_stepper, to_uint8
 from .comm import RecvChannel, SendChannel
 from .layout import Layout
 from .protocol import FLAG_END, FLAG_KEEP_SINK, FLAG_RESINK, TAG_DATA, TAG_FRAMES, TAG_SINK, SessionHeader, session_tag

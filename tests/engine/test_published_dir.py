@@ -24,9 +24,9 @@ def test_generate_from_published_layout(model_dir):
     face = (np.random.default_rng(0).random((80, 64, 3)) * 255).astype(np.uint8)
     t = np.arange(16000) / 16000
     pcm = (0.2 * np.sin(2 * np.pi * 200 * t)).astype(np.float32)
-    with pipe.session(face, prompt="a person talking", seed=0) as sess:
+    with pipe.session(face, prompt="a person talking", seed=0, audio_window="offline") as sess:
         sess.push_audio(pcm, 16000)
-        assert sess.audio.blocks_ready() == 0  # wav2vec2 needs the whole utterance
+        assert sess.audio.blocks_ready() == 0  # the published path needs the whole utterance
         sess.end_audio()
         blocks = list(sess.frames())
     # published length: 1 s of audio -> rounded up to one whole clip of 48 frames = 4 blocks
@@ -34,7 +34,7 @@ def test_generate_from_published_layout(model_dir):
     video = np.concatenate([b.video for b in blocks])
     assert video.shape[1:] == (64, 64, 3) and video.std() > 0
     # the prompt reaches the DiT: another prompt gives other frames
-    other = pipe.generate(face, pcm, 16000, seed=0, prompt="something else entirely")
+    other = pipe.generate(face, pcm, 16000, seed=0, prompt="something else entirely", audio_window="offline")
     assert not np.array_equal(other.frames, video)
 
 
@@ -54,3 +54,30 @@ def test_prompt_needs_a_text_encoder():
     pipe = Pipeline.from_pretrained("tiny", quiet=True)
     with pytest.raises(ValueError, match="no text encoder"):
         pipe.session(np.zeros((64, 64, 3), np.uint8), prompt="hello")
+
+
+def test_published_model_streams_before_the_audio_ends(model_dir):
+    """The wav2vec2 path yields block 0 once its audio + lookahead is there, before end_audio();
+    audio_window="offline" (the published whole-utterance path) waits for the end."""
+    from liveavatar_rt.audio import AudioWindow
+
+    pipe = Pipeline.from_pretrained(model_dir, dtype=torch.bfloat16, quiet=True, max_area=64 * 64)
+    face = (np.random.default_rng(0).random((80, 64, 3)) * 255).astype(np.uint8)
+    pcm = (0.2 * np.sin(2 * np.pi * 200 * np.arange(40000) / 16000)).astype(np.float32)
+    win = AudioWindow(window_s=2.0, lookahead_s=0.08)
+    with pipe.session(face, seed=0, audio_window=win) as sess:
+        need = 12 * 640 - 3 * 640 + 1280  # block 0's own audio (after the 3-frame lead-in) + lookahead
+        sess.push_audio(pcm[:need - 1], 16000)
+        with pytest.raises(TimeoutError):
+            next(sess.frames(timeout=0.2))
+        sess.push_audio(pcm[need - 1:need], 16000)
+        block = next(sess.frames(timeout=60))
+        assert block.index == 0 and len(block.video) == 9 and not sess.audio.ended
+    with pipe.session(face, seed=0, audio_window="offline") as sess:
+        sess.push_audio(pcm, 16000)
+        with pytest.raises(TimeoutError):
+            next(sess.frames(timeout=0.2))
+        sess.end_audio()
+        assert next(sess.frames(timeout=60)).index == 0
+    with pytest.raises(ValueError, match="log-mel"):  # the tiny preset has no wav2vec2
+        Pipeline.from_pretrained("tiny", quiet=True).session(face, audio_window="offline")

@@ -68,6 +68,8 @@ def main() -> None:
     p.add_argument("--model", default="tiny")
     p.add_argument("--prompt", default=None)
     p.add_argument("--no-decode", action="store_true")
+    p.add_argument("--early", action="store_true", help="push the audio in 240 ms chunks and record whether "
+                   "the first block arrives before end_audio()")
     a = p.parse_args()
     torch.set_num_threads(1)  # before any parallel region: the ring forks
     from liveavatar_rt.config import DTYPES
@@ -96,9 +98,19 @@ def main() -> None:
         for i, seed in enumerate(int(s) for s in a.seeds.split(",")):
             frames, latents = [], []
             with pipe.session(face(), seed=seed, prompt=a.prompt, decode=not a.no_decode) as sess:
-                sess.push_audio(speech(a.seconds), SR)
+                pcm, pushed = speech(a.seconds), 0
+                blocks = sess.frames(timeout=120)
+                if a.early:  # live input: the first block must come while audio is still arriving
+                    while sess.audio.blocks_ready() < 1:
+                        sess.push_audio(pcm[pushed:pushed + 3840], SR)
+                        pushed += 3840
+                    first = next(blocks)
+                    frames.append(first.video)
+                    latents.append(first.latent)
+                    info["early"] = {"pushed_s": pushed / SR, "ended": sess.audio.ended}
+                sess.push_audio(pcm[pushed:], SR)
                 sess.end_audio()
-                for block in sess.frames(timeout=120):
+                for block in blocks:
                     frames.append(block.video)
                     latents.append(block.latent)
             arrays[f"frames_{i}"] = np.concatenate(frames)

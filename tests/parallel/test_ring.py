@@ -129,3 +129,18 @@ def test_text_prompt_on_the_ring_equals_one_process(tmp_path):
     assert np.array_equal(arrays["frames_0"], frames)
     other, _ = _one_process(model, 3, prompt="a cat singing")
     assert not np.array_equal(other, frames)  # the prompt matters, so the equality above says something
+
+
+def test_published_model_streams_on_2_dit_ranks_plus_vae(tmp_path):
+    """wav2vec2 features stream (windowed, audio/windowed.py): on a 2+1 ring the first block
+    arrives while the audio is still being pushed, after about one block + lookahead of it, and
+    the whole session equals one process."""
+    from tests.published_layout import build
+
+    model = build(tmp_path / "published")
+    info, arrays, _, _ = run_ring(tmp_path, "2+1", "--model", str(model), "--early")
+    assert info["error"] == "", info["error"]
+    assert not info["early"]["ended"] and info["early"]["pushed_s"] <= 0.48 + 0.12 + 0.24 + 0.25
+    frames, latents = _one_process(model, 3)
+    assert np.array_equal(arrays["latents_0"], latents)
+    assert np.array_equal(arrays["frames_0"], frames)

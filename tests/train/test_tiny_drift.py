@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from liveavatar_rt.engine.session import to_uint8
+from liveavatar_rt.engine.executor import to_uint8
 from liveavatar_rt.eval import metrics
 from liveavatar_rt.eval.clips import load_clip_set
 from liveavatar_rt.eval.longrun import reference_frame
