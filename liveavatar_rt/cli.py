@@ -141,6 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     e = sub.add_parser("eval", help="long-horizon evaluation: lip sync, colour/identity drift, flicker (CSV, JSON, PNG)")
     eval_cli.add_arguments(e)
     e.set_defaults(fn=eval_cli.run)
+    from .audio import check as audio_check
+
+    a = sub.add_parser("audio-check", help="streaming (windowed) vs offline wav2vec2 features: error per layer, "
+                                           "effect on a block latent")
+    audio_check.add_arguments(a)
+    a.set_defaults(fn=audio_check.run)
     g = sub.add_parser("generate", help="render an MP4 of the avatar speaking an audio file")
     add_generate_arguments(g)
     g.set_defaults(fn=generate)
