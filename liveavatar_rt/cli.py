@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from .config import AUDIO_RATE, CUDA_GRAPH_CHOICES, DTYPES
+from .config import AUDIO_RATE, CUDA_GRAPH_CHOICES, DTYPES, PRECISIONS
 
 
 def _version(pkg: str) -> str:
@@ -50,6 +50,7 @@ def add_generate_arguments(g: argparse.ArgumentParser, layout: str = "1") -> Non
     g.add_argument("--seed", type=int, default=0, help="noise seed (and the tiny preset's weight seed)")
     g.add_argument("--device", default="cpu", help="'cpu' or 'cuda' (on a ring: one GPU per rank)")
     g.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    g.add_argument("--precision", choices=list(PRECISIONS), default="bf16", help="linear layers: bf16, or fp8 (the published --fp8: E4M3 weights + activations)")
     g.add_argument("--max-area", type=int, default=None, help="generation area in pixels (default: the model's)")
     g.add_argument("--layout", "--tpp", dest="layout", default=layout, metavar="LAYOUT",
                    help="'1' (one process) or timestep-forcing pipeline parallelism: '4+1' (4 DiT ranks + a VAE "
@@ -72,7 +73,7 @@ def load_pipeline(args: argparse.Namespace):
 
         ring = RingOptions(timeout=args.timeout, threads=args.threads or 1)
     return Pipeline.from_pretrained(args.model, device=args.device, dtype=DTYPES[args.dtype], seed=args.seed,
-                                    layout=args.layout, max_area=args.max_area, ring=ring,
+                                    layout=args.layout, max_area=args.max_area, ring=ring, precision=args.precision,
                                     stream=StreamConfig(cuda_graphs=CUDA_GRAPH_CHOICES[args.cuda_graphs]))
 
 
@@ -128,6 +129,14 @@ def _render(args: argparse.Namespace, pipe, load_s: float) -> int:
     return 0
 
 
+def quantize(args: argparse.Namespace) -> int:
+    """Quantize a published-layout model's DiT to fp8 once, so fp8 loads read half the bytes."""
+    from .engine.pipeline import quantize_published
+
+    quantize_published(args.model, args.out)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="liveavatar-rt", description="Live Avatar streaming inference runtime")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -147,6 +156,11 @@ def main(argv: list[str] | None = None) -> int:
                                            "effect on a block latent")
     audio_check.add_arguments(a)
     a.set_defaults(fn=audio_check.run)
+    q = sub.add_parser("quantize", help="write a published-layout model's fp8 DiT (LoRA merged) into its directory")
+    q.add_argument("--model", required=True, help="published-layout model directory")
+    q.add_argument("--out", default=None, help="output file (default: MODEL/liveavatar_rt_fp8.safetensors, "
+                                               "which --precision fp8 then loads)")
+    q.set_defaults(fn=quantize)
     g = sub.add_parser("generate", help="render an MP4 of the avatar speaking an audio file")
     add_generate_arguments(g)
     g.set_defaults(fn=generate)

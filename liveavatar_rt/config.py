@@ -141,5 +141,6 @@ CUDA_GRAPH_CHOICES = {"auto": None, "on": True, "off": False}
 
 # The one map from CLI / config dtype names to torch dtypes (CPU runs bf16, never fp16).
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+PRECISIONS = ("bf16", "fp8")  # linear layers: bf16, or the published --fp8 (model/fp8.py)
 # The audio rate of the features and of Block.audio PCM (input at any rate is resampled to it).
 AUDIO_RATE = 16000

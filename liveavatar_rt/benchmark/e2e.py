@@ -41,6 +41,7 @@ class BenchConfig:
     audio: str = str(EXAMPLE / "speech.wav")  # looped to the length the blocks need
     seed: int = 0
     dtype: str = "bf16"
+    precision: str = "bf16"  # "fp8": the published --fp8 linears
     device: str = "cpu"
     provider: str | None = None  # None: the best provider per op; "ref": reference ops everywhere
     layout: str = "1"  # "1": one process; a TPP layout ("4+1", "2+1", "2", ...) spawns local ranks
@@ -81,7 +82,8 @@ def _open(cfg: BenchConfig):
     from ..engine import Pipeline
 
     return Pipeline.from_pretrained(cfg.model, device=cfg.device, dtype=DTYPES[cfg.dtype], seed=cfg.seed,
-                                    force_provider=cfg.provider, quiet=True, layout=cfg.layout)
+                                    force_provider=cfg.provider, quiet=True, layout=cfg.layout,
+                                    precision=cfg.precision)
 
 
 def run_session(cfg: BenchConfig, keep_outputs: bool = False) -> dict:

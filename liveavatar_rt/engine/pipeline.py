@@ -26,6 +26,8 @@ import torch
 from ..config import AUDIO_RATE, StreamConfig, from_name
 from ..envvars import tiny_random
 from ..model import CausalWanS2V
+from ..io.checkpoint import FP8_FILE
+from ..model.fp8 import Fp8Linear, check_precision, to_fp8
 from ..model.init import init_random_
 from ..model.vae import VAEConfig, WanVAE
 from ..ops import OpTable
@@ -63,6 +65,29 @@ class Video:
             w.write(self.frames, self.audio)
 
 
+def quantize_published(root: str | os.PathLike, out: str | os.PathLike | None = None, quiet: bool = False) -> Path:
+    """Write the fp8 DiT of a published-layout directory (LoRA merged, then the published fp8
+    rule) to `out` (default root/liveavatar_rt_fp8.safetensors, which from_pretrained(root,
+    precision="fp8") then reads instead of the bf16 shards + LoRA: half the bytes to load).
+    The shards stream in one tensor at a time: peak memory is the fp8 model, not a bf16 copy."""
+    from ..io import load_dit, published_config
+    from ..io.checkpoint import save_fp8_dit
+
+    root = Path(root)
+    cfg = published_config(root)
+    lora = root / PUBLISHED_FILES["Live Avatar LoRA"]
+    if cfg is None or not lora.is_file():
+        raise FileNotFoundError(f"{root} is not a published-layout directory (needs config.json and {lora.name})")
+    out = Path(out) if out is not None else root / FP8_FILE
+    t0 = time.perf_counter()
+    model = load_dit(root, cfg, dtype=torch.bfloat16, lora=lora, precision="fp8")
+    save_fp8_dit(model, out)
+    if not quiet:
+        print(f"liveavatar_rt: wrote {out} ({out.stat().st_size / 2**30:.2f} GiB) in {time.perf_counter() - t0:.1f} s",
+              file=sys.stderr)
+    return out
+
+
 def _is_single(layout) -> bool:
     return str(layout).strip() == "1"
 
@@ -89,6 +114,20 @@ class Pipeline:
         return self._stream
 
     @property
+    def precision(self) -> str:
+        """'fp8' when the DiT's linears are E4M3 (precision='fp8'), else its dtype ('bf16' / 'fp32')."""
+        if any(isinstance(m, Fp8Linear) for m in self.model.modules()):
+            return "fp8"
+        return {torch.bfloat16: "bf16", torch.float32: "fp32"}.get(self.dtype, str(self.dtype))
+
+    @property
+    def latent_dtype(self) -> torch.dtype:
+        """The dtype of a block's latent between denoising steps: the velocity's. With fp8
+        linears it is fp32 (the published fp8 layer returns its input's dtype, and fp32 inputs
+        reach the residual stream through the audio injector), else the compute dtype."""
+        return torch.float32 if self.precision == "fp8" else self.dtype
+
+    @property
     def max_area(self) -> int:
         """Generation area in pixels (the output size follows the image's aspect): fixed at load."""
         return self._max_area
@@ -112,7 +151,7 @@ class Pipeline:
     def from_pretrained(cls, name_or_path: str | os.PathLike = "tiny", device: str = "cpu",
                         dtype: torch.dtype = torch.bfloat16, seed: int = 0, force_provider=None,
                         quiet: bool = False, *, layout: str = "1", stream: StreamConfig | None = None,
-                        max_area: int | None = None, ring=None) -> "Pipeline":
+                        max_area: int | None = None, ring=None, precision: str = "bf16") -> "Pipeline":
         """Load a model: 'tiny' (packaged weights, or seeded random ones until trained weights
         ship), a tiny single-file model (`*.safetensors` written by
         `liveavatar_rt.io.tiny.save_tiny`, e.g. a candidate from recipes/tiny/train/export.py
@@ -126,9 +165,13 @@ class Pipeline:
         the ring inside this call and leave their process when rank 0 closes the pipeline.
         stream: the StreamConfig (default: the published one; e.g. cuda_graphs); max_area: the
         generation area in pixels (default: the model's); ring: parallel.RingOptions (timeouts,
-        threads per spawned rank, start method). Close a ring pipeline with close() (or `with`)."""
+        threads per spawned rank, start method). Close a ring pipeline with close() (or `with`).
+        precision: "bf16" (published default) or "fp8" (the published `--fp8` linears, per-tensor
+        E4M3 weights and activations; model/fp8.py). A published-layout directory holding
+        `liveavatar_rt_fp8.safetensors` (`liveavatar-rt quantize`) loads that file for fp8."""
+        check_precision(precision, dtype)
         load = dict(name_or_path=name_or_path, device=device, dtype=dtype, seed=seed, force_provider=force_provider,
-                    stream=stream, max_area=max_area)
+                    stream=stream, max_area=max_area, precision=precision)
         if _is_single(layout):
             if ring is not None:
                 raise ValueError("ring options need a TPP layout ('4+1', '2+1', '2', ...), not layout '1'")
@@ -148,12 +191,16 @@ class Pipeline:
         """One process's Pipeline from from_pretrained's keywords."""
         name, device, dtype = load["name_or_path"], load["device"], load["dtype"]
         ops = OpTable(device, dtype, force=load["force_provider"])
-        opts = {"stream": load["stream"], "max_area": load["max_area"]}
+        opts = {"stream": load["stream"], "max_area": load["max_area"], "precision": load.get("precision", "bf16")}
         if str(name) == "tiny":
-            return cls._tiny(ops, device, dtype, load["seed"], quiet, opts)
-        if Path(name).is_file():
-            return cls._tiny_file(Path(name), ops, opts)  # a non-tiny file is named in the error
-        return cls._from_directory(Path(name), ops, device, dtype, quiet, opts)
+            pipe = cls._tiny(ops, device, dtype, load["seed"], quiet, opts)
+        elif Path(name).is_file():
+            pipe = cls._tiny_file(Path(name), ops, opts)  # a non-tiny file is named in the error
+        else:
+            return cls._from_directory(Path(name), ops, device, dtype, quiet, opts)
+        if opts["precision"] == "fp8":  # tiny models are small: quantized after loading
+            to_fp8(pipe.model)
+        return pipe
 
     @classmethod
     def _tiny_file(cls, path: Path, ops: OpTable, opts: dict) -> "Pipeline":
@@ -197,11 +244,18 @@ class Pipeline:
         if cfg is None:
             raise FileNotFoundError(f"{root} has no config.json (the DiT's diffusers config)")
         paths = {what: root / name for what, name in PUBLISHED_FILES.items()}
-        missing = [f"{what}: {p.relative_to(root)}" for what, p in paths.items() if not p.exists()]
+        fp8_file = root / FP8_FILE
+        use_fp8_file = opts["precision"] == "fp8" and fp8_file.is_file()  # quantized, LoRA merged
+        missing = [f"{what}: {p.relative_to(root)}" for what, p in paths.items()
+                   if not p.exists() and not (use_fp8_file and what == "Live Avatar LoRA")]
         if missing:
             raise FileNotFoundError(f"{root} is missing {missing}")
         t0 = time.perf_counter()
-        model = load_dit(root, cfg, dtype=dtype, device=device, lora=paths["Live Avatar LoRA"], ops=ops)
+        if use_fp8_file:
+            model = load_dit(fp8_file, cfg, dtype=dtype, device=device, ops=ops, precision="fp8")
+        else:
+            model = load_dit(root, cfg, dtype=dtype, device=device, lora=paths["Live Avatar LoRA"], ops=ops,
+                             precision=opts["precision"])
         vae_sd = read_vae_state_dict(paths["Wan2.1 VAE"])
         vae_cfg = VAEConfig(dim=vae_sd["encoder.conv1.weight"].shape[0])  # 96 for the published VAE
         del vae_sd

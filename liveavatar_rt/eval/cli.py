@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..config import DTYPES
+from ..config import DTYPES, PRECISIONS
 from .clips import DEFAULT_DIR
 
 
@@ -25,6 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--window", type=float, default=30.0, help="seconds of video per metrics window")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    p.add_argument("--precision", choices=list(PRECISIONS), default="bf16", help="linear layers: bf16, or fp8 (the published --fp8: E4M3 weights + activations)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--from-csv", default=None, help="do not generate: summarize and plot an existing CSV")
 
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         result = {"source_csv": str(args.from_csv)}
     else:
         cfg = EvalConfig(minutes=args.minutes, window_seconds=args.window, model=args.model, identity=args.identity,
-                         clips_dir=args.clips, seed=args.seed, dtype=args.dtype, device=args.device)
+                         clips_dir=args.clips, seed=args.seed, dtype=args.dtype, precision=args.precision, device=args.device)
         with CsvLog(out_csv) as log:
             result = run_eval(cfg, on_row=log)
         rows = result.pop("rows")

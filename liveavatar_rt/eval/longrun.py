@@ -57,6 +57,7 @@ class EvalConfig:
     clips_dir: str = str(DEFAULT_DIR)
     seed: int = 0
     dtype: str = "bf16"
+    precision: str = "bf16"  # "fp8": the published --fp8 linears
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -114,7 +115,8 @@ def run_eval(cfg: EvalConfig, on_row: Callable[[dict], None] | None = None, log=
     ident = clip_set.identity(cfg.identity)
     source = LoopedClips(clip_set, ident.name)
     dtype = DTYPES[cfg.dtype]
-    pipe = Pipeline.from_pretrained(cfg.model, device=cfg.device, dtype=dtype, seed=cfg.seed, quiet=True)
+    pipe = Pipeline.from_pretrained(cfg.model, device=cfg.device, dtype=dtype, seed=cfg.seed, quiet=True,
+                                    precision=cfg.precision)
     if pipe.stream.fps != clip_set.fps:
         raise ValueError(f"clip set is at {clip_set.fps} fps, the model streams at {pipe.stream.fps} fps")
     ref = reference_frame(ident.image, pipe)

@@ -14,7 +14,10 @@ import torch
 def fill_module(model: torch.nn.Module, items: Iterable[tuple[str, torch.Tensor]],
                 convert: Callable[[str, torch.Tensor], torch.Tensor], what: str) -> torch.nn.Module:
     """Assign convert(key, t) to the parameter named key for each item; `what` names the
-    checkpoint and the model in the error message. Returns the model in eval mode, frozen."""
+    checkpoint and the model in the error message. Returns the model in eval mode, frozen.
+
+    convert may also return {name: tensor}: several parameters made from one checkpoint tensor
+    (an FP8 weight and its scale)."""
     expected = {k: tuple(p.shape) for k, p in model.named_parameters()}
     seen, unexpected, mismatched = set(), [], []
     for key, t in items:
@@ -26,8 +29,13 @@ def fill_module(model: torch.nn.Module, items: Iterable[tuple[str, torch.Tensor]
         if tuple(t.shape) != shape:
             mismatched.append(f"{key}: checkpoint {tuple(t.shape)} vs model {shape}")
             continue
-        mod_name, _, attr = key.rpartition(".")
-        setattr(model.get_submodule(mod_name), attr, torch.nn.Parameter(convert(key, t), requires_grad=False))
+        out = convert(key, t)
+        for name, val in (out.items() if isinstance(out, dict) else [(key, out)]):
+            if name not in expected:
+                raise ValueError(f"{what}: converting {key!r} made {name!r}, which the model does not have")
+            seen.add(name)
+            mod_name, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(mod_name), attr, torch.nn.Parameter(val, requires_grad=False))
     missing = sorted(set(expected) - seen)
     problems = []
     if missing:

@@ -70,6 +70,7 @@ class RingExecutor:
         self.header = SessionHeader(
             session=ring._next_session_id(), seed=spec.seed, height=spec.height, width=spec.width, lat_h=h, lat_w=w,
             text_len=spec.text.shape[0], text_dim=spec.text.shape[1], dtype=pipe.dtype,
+            latent_dtype=pipe.latent_dtype,
             motion_frames=spec.motion.shape[2], decode_video=spec.decode, sink_offset=spec.sink_offset,
             position_mode=pos.mode, position_limit=pos.limit, position_period=pos.period)
         self.stats: dict = {}  # rank 0's timings of the session, once it has ended

@@ -82,6 +82,7 @@ class SessionHeader:
     text_len: int  # rows of the prompt embeddings
     text_dim: int
     dtype: torch.dtype
+    latent_dtype: torch.dtype  # block latents between steps (fp32 with fp8 linears: Pipeline.latent_dtype)
     motion_frames: int  # latent frames of the motion context
     decode_video: bool  # the VAE rank decodes (False: latents only)
     sink_offset: int | None
@@ -92,7 +93,7 @@ class SessionHeader:
     def encode(self) -> torch.Tensor:
         mode = {v: k for k, v in POSITION_MODES.items()}[self.position_mode]
         vals = [START, self.session, self.seed, self.height, self.width, self.lat_h, self.lat_w, self.text_len,
-                self.text_dim, DTYPE_CODES[self.dtype], self.motion_frames, int(self.decode_video),
+                self.text_dim, DTYPE_CODES[self.dtype] + 16 * DTYPE_CODES[self.latent_dtype], self.motion_frames, int(self.decode_video),
                 -1 if self.sink_offset is None else self.sink_offset, mode, self.position_limit,
                 self.position_period]
         return torch.tensor(vals, dtype=torch.int64)
@@ -103,7 +104,7 @@ class SessionHeader:
         if v[0] != START:
             raise ValueError(f"not a START message: {v}")
         return cls(session=v[1], seed=v[2], height=v[3], width=v[4], lat_h=v[5], lat_w=v[6], text_len=v[7],
-                   text_dim=v[8], dtype=DTYPES[v[9]], motion_frames=v[10], decode_video=bool(v[11]),
+                   text_dim=v[8], dtype=DTYPES[v[9] % 16], latent_dtype=DTYPES[v[9] // 16], motion_frames=v[10], decode_video=bool(v[11]),
                    sink_offset=None if v[12] < 0 else v[12], position_mode=POSITION_MODES[v[13]],
                    position_limit=v[14], position_period=v[15])
 
@@ -126,7 +127,7 @@ class SessionHeader:
 
     def data(self, stream, cfg, device, with_audio: bool) -> Packet:
         F = stream.frames_per_block
-        fields = {"meta": ((2,), torch.int64), "x": ((1, 16, F, self.lat_h, self.lat_w), self.dtype)}
+        fields = {"meta": ((2,), torch.int64), "x": ((1, 16, F, self.lat_h, self.lat_w), self.latent_dtype)}
         if with_audio:
             fields["loc"] = ((1, F, cfg.num_audio_tokens + 1, cfg.dim), self.dtype)
             fields["glob"] = ((1, F, 1, cfg.dim), self.dtype)
@@ -134,10 +135,10 @@ class SessionHeader:
 
     def frames(self, stream, device) -> Packet:
         F = stream.frames_per_block
-        fields = {"meta": ((2,), torch.int64), "x": ((1, 16, F, self.lat_h, self.lat_w), self.dtype)}
+        fields = {"meta": ((2,), torch.int64), "x": ((1, 16, F, self.lat_h, self.lat_w), self.latent_dtype)}
         if self.decode_video:
             fields["video"] = ((4 * F, self.height, self.width, 3), torch.uint8)
         return Packet(fields, device)
 
     def sink(self, device) -> Packet:
-        return Packet({"x": ((1, 16, 1, self.lat_h, self.lat_w), self.dtype)}, device)
+        return Packet({"x": ((1, 16, 1, self.lat_h, self.lat_w), self.latent_dtype)}, device)

@@ -87,7 +87,7 @@ class Stage:
             v = self._acquire(self.out)
             t0 += time.perf_counter() - t  # send-buffer waits are not compute
             v["meta"].copy_(torch.tensor([n, flags]))
-            v["x"].copy_(x)
+            _put(v["x"], x, "block latent")
             if "loc" in v:
                 v["loc"].copy_(audio[0])
                 v["glob"].copy_(audio[1])
@@ -105,7 +105,7 @@ class Stage:
                                                          self.hdr.sink(first.device), "sink latent", 1)
                 self.sink_out[d] = ch
                 v = self._acquire(ch)
-                v["x"].copy_(first)
+                _put(v["x"], first, "sink latent")
                 ch.send()
 
     def _sink_prefill(self) -> None:
@@ -138,7 +138,7 @@ class Stage:
             self.stats["decode_s"] += time.perf_counter() - t
         v = self._acquire(self.out)
         v["meta"].copy_(torch.tensor([n, 0]))
-        v["x"].copy_(x)
+        _put(v["x"], x, "clean latent")
         if frames is not None:
             if frames.shape != v["video"].shape:
                 raise RuntimeError(f"decoded block {n} has shape {tuple(frames.shape)}, expected {tuple(v['video'].shape)}")
@@ -160,3 +160,10 @@ class Stage:
         self.waiter.wait(lambda: all(p.done for p in sends), "the last sends to complete", sends)
         self.stats["bytes_sent"] = sum(ch.bytes_sent for ch in (self.out, *self.sink_out.values()))
         self.stepper = None  # drop the caches now
+
+
+def _put(buf: torch.Tensor, t: torch.Tensor, what: str) -> None:
+    """Copy into a send buffer; a dtype change would round silently and break ring == one process."""
+    if t.dtype != buf.dtype:
+        raise RuntimeError(f"{what} is {t.dtype} but the session header says {buf.dtype} (Pipeline.latent_dtype)")
+    buf.copy_(t)

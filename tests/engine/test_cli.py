@@ -53,8 +53,8 @@ def test_generate_chooses_the_layout_in_one_place(monkeypatch):
     monkeypatch.setattr(Pipeline, "from_pretrained", staticmethod(fake))
     with pytest.raises(SystemExit):
         main(["generate", "--tpp", "2+1", "--image", "a.png", "--audio", "b.wav", "--out", "c.mp4", "--seed", "7",
-              "--cuda-graphs", "off", "--max-area", "4096", "--timeout", "9"])
-    assert seen["layout"] == "2+1" and seen["seed"] == 7 and seen["max_area"] == 4096
+              "--cuda-graphs", "off", "--max-area", "4096", "--timeout", "9", "--precision", "fp8"])
+    assert seen["layout"] == "2+1" and seen["seed"] == 7 and seen["max_area"] == 4096 and seen["precision"] == "fp8"
     assert seen["stream"].cuda_graphs is False and seen["ring"].timeout == 9
 
 

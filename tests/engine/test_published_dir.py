@@ -81,3 +81,32 @@ def test_published_model_streams_before_the_audio_ends(model_dir):
         assert next(sess.frames(timeout=60)).index == 0
     with pytest.raises(ValueError, match="log-mel"):  # the tiny preset has no wav2vec2
         Pipeline.from_pretrained("tiny", quiet=True).session(face, audio_window="offline")
+
+
+def test_fp8_precision_and_the_quantized_file(model_dir, tmp_path):
+    """precision='fp8' from the bf16 shards + LoRA equals loading the file `liveavatar-rt quantize`
+    writes, and both stream the same latents (other than bf16's)."""
+    import shutil
+
+    from liveavatar_rt.cli import main
+
+    face = (np.random.default_rng(1).random((64, 64, 3)) * 255).astype(np.uint8)
+    pcm = (0.2 * np.sin(2 * np.pi * 180 * np.arange(8000) / 16000)).astype(np.float32)
+
+    def latents(root, precision):
+        pipe = Pipeline.from_pretrained(root, quiet=True, max_area=64 * 64, precision=precision)
+        assert pipe.precision == precision
+        with pipe.session(face, seed=0, audio_window="offline") as sess:
+            sess.push_audio(pcm, 16000)
+            sess.end_audio()
+            return torch.cat([b.latent.float() for b in sess.frames()])
+
+    copy = tmp_path / "m"
+    shutil.copytree(model_dir, copy)
+    from_shards = latents(copy, "fp8")
+    assert main(["quantize", "--model", str(copy)]) == 0
+    assert (copy / "liveavatar_rt_fp8.safetensors").is_file()
+    assert not torch.equal(latents(copy, "bf16"), from_shards)  # bf16 ignores the fp8 file
+    for f in [copy / "liveavatar.safetensors", *copy.glob("diffusion_pytorch_model*")]:
+        f.unlink()  # the fp8 file alone carries the DiT and its merged LoRA
+    assert torch.equal(latents(copy, "fp8"), from_shards)

@@ -25,13 +25,24 @@ GOLDEN_DIR = Path(os.environ.get("LIVEAVATAR_GOLDEN_DIR", REPO.parent / "shared"
 # (rel_l2, max_abs) per variant, from the fixture README: fp32 must match the published fp32 run
 # to arithmetic noise; bf16 to bf16 rounding noise. Two valid bf16 GEMMs (fp32-accumulate vs
 # oneDNN) differ by ~0.4% rel L2 on this model, so bf16 parity cannot be tighter than ~1%.
-THRESHOLDS = {"fp32": (1e-4, 1e-4), "bf16": (1e-2, 0.1)}
+# fp8: the published outputs_fp8 are 3.5 % (velocity) / 2.1 % (latent) / 3.8 % (cond_k) rel L2
+# from bf16. The README's "<~1 %" cannot hold for any implementation that is not bit-identical:
+# each bf16 rounding difference upstream (~0.4-0.6 % from the accumulation order alone, see the
+# bf16 bound) is re-quantized to E4M3, whose step is 16x bf16's, so a flipped rounding costs a
+# whole E4M3 step. Measured here: the fp8 reference vs torch._scaled_mm in the same runtime
+# differ by 1.8 % rel L2 in velocity, and this runtime vs outputs_fp8 by 1.8 % / 0.9 % (latent) /
+# max_abs 0.14. 2.5 % / 0.2 sits above that and below bf16's 3.5 % / 0.25; the first-layer
+# conditioning K/V (before any amplification) carry the sharp check (FIRST_LAYER: 0 measured,
+# bf16 is 3.8 % off).
+FP8_BOUND = (2.5e-2, 0.2)
+THRESHOLDS = {"fp32": (1e-4, 1e-4), "bf16": (1e-2, 0.1), "fp8": FP8_BOUND}
 # Layer-0 conditioning K/V come before any attention, so bf16 noise has not been amplified yet:
 # they match the published bits (measured 0 error), and a rare 1-ulp difference from another
 # accumulation order stays far below 1e-3 rel L2. This is what catches bf16-only rules such as
 # norm1's rounding (dropping it gives ~4e-3).
 FIRST_LAYER_BF16 = {"cond_k_layer0": (1e-3, 0.05), "cond_v_layer0": (1e-3, 0.05)}
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp8": torch.bfloat16}
+PRECISIONS = {"fp8": "fp8"}  # variant -> load_dit precision (default bf16)
 
 
 @dataclass
@@ -50,7 +61,8 @@ def settings(golden: Path = GOLDEN_DIR) -> dict:
 
 
 def run(variant: str, golden: Path = GOLDEN_DIR, blocks: int | None = None, force=None,
-        lora_scale: float | None = None, cfg_override: dict | None = None) -> GoldenRun:
+        lora_scale: float | None = None, cfg_override: dict | None = None, precision: str | None = None) -> GoldenRun:
+    """precision: override the variant's (e.g. run bf16 weights against the fp8 outputs)."""
     conf = settings(golden)
     p = conf["pipeline"]
     dtype = DTYPES[variant]
@@ -60,7 +72,7 @@ def run(variant: str, golden: Path = GOLDEN_DIR, blocks: int | None = None, forc
     scale = conf["lora"]["scaling"] if lora_scale is None else lora_scale
     ops = OpTable("cpu", dtype, force=force)
     model = load_dit(golden / conf["weights"]["file"], cfg, dtype=dtype, lora=golden / conf["lora"]["file"],
-                     lora_scale=scale, ops=ops)
+                     lora_scale=scale, ops=ops, precision=precision or PRECISIONS.get(variant, "bf16"))
     F = p["num_frames_per_block"]
     stream = StreamConfig(frames_per_block=F, blocks_per_clip=p["blocks_per_clip"],
                           cache_frames=p["kv_cache_size_latent_frames"], sampling_steps=p["sampling_steps"],
@@ -111,7 +123,7 @@ def parity_failures(res: GoldenRun, variant: str, golden: Path = GOLDEN_DIR) -> 
         pairs["cache_v_layer0_step0_after_block5"] = (res.ring_v0, exp["cache_v_layer0_step0_after_block5"])
     out = []
     for name, (a, e) in pairs.items():
-        rel_l2, max_abs = FIRST_LAYER_BF16.get(name, THRESHOLDS[variant]) if variant == "bf16" else THRESHOLDS[variant]
+        rel_l2, max_abs = FIRST_LAYER_BF16.get(name, THRESHOLDS[variant]) if variant != "fp32" else THRESHOLDS[variant]
         if tuple(a.shape) != tuple(e.shape):
             out.append(f"{name}: shape {tuple(a.shape)} vs {tuple(e.shape)}")
             continue

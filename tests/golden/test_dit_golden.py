@@ -50,6 +50,26 @@ def test_parity_bf16_best_providers():
     assert harness.parity_failures(res, "bf16") == []
 
 
+needs_fp8 = pytest.mark.skipif(not (harness.GOLDEN_DIR / "outputs_fp8.safetensors").is_file(),
+                               reason="this fixture set has no outputs_fp8.safetensors")
+
+
+@needs_fp8
+def test_parity_fp8_published_linears():
+    """precision='fp8' (the published --fp8 rule) against the published fp8 run; bound: harness.FP8_BOUND."""
+    res = harness.run("fp8")
+    assert harness.parity_failures(res, "fp8") == []
+
+
+@needs_fp8
+def test_fp8_bound_rejects_a_bf16_run():
+    """The same weights in bf16 fail the fp8 parity: the test tells fp8 from bf16."""
+    res = harness.run("fp8", precision="bf16", blocks=2)
+    failures = harness.parity_failures(res, "fp8")
+    assert any(f.startswith("velocity") for f in failures), failures
+    assert any(f.startswith("cond_k_layer0") for f in failures), failures
+
+
 def _even_split(self):
     """A plausible but wrong split: 2 more real dims to height and width each."""
     hw = 2 * (self.head_dim // 6) + 2

@@ -59,6 +59,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=2.2)
     p.add_argument("--seeds", default="3")
     p.add_argument("--dtype", default="bf16")
+    p.add_argument("--precision", default="bf16")
     p.add_argument("--timeout", type=float, default=20.0)
     p.add_argument("--cancel-first-after", type=int, default=-1)
     p.add_argument("--fault-rank", type=int, default=-1)
@@ -82,7 +83,8 @@ def main() -> None:
     arrays = {}
     t0 = time.monotonic()
     pipe = Pipeline.from_pretrained(a.model, seed=0, dtype=DTYPES[a.dtype], max_area=64 * 64, quiet=True,
-                                    layout=a.layout, ring=RingOptions(timeout=a.timeout, start_method=a.start_method))
+                                    layout=a.layout, ring=RingOptions(timeout=a.timeout, start_method=a.start_method),
+                                    precision=a.precision)
     ring = pipe.ring
     info["pids"] = {r: pr.pid for r, pr in ring.procs.items()}
     info["ring_up_s"] = time.monotonic() - t0

@@ -48,12 +48,15 @@ def test_packet_views_round_trip():
 
 def test_session_header_round_trip_and_packets():
     hdr = SessionHeader(session=3, seed=11, height=64, width=128, lat_h=8, lat_w=16, text_len=5, text_dim=4096,
-                        dtype=torch.bfloat16, motion_frames=19, decode_video=True, sink_offset=None,
-                        position_mode="official", position_limit=45000, position_period=30000)
+                        dtype=torch.bfloat16, latent_dtype=torch.float32, motion_frames=19, decode_video=True,
+                        sink_offset=None, position_mode="official", position_limit=45000, position_period=30000)
     assert SessionHeader.decode(hdr.encode()) == hdr
     cfg = from_name("tiny")
     data = hdr.data(StreamConfig(), cfg, "cpu", with_audio=True)
     assert data.fields["loc"][0] == (1, 3, cfg.num_audio_tokens + 1, cfg.dim)
+    # latents travel in their own dtype (fp32 between steps with fp8 linears), audio tokens in the compute dtype
+    assert data.fields["x"][1] == torch.float32 and data.fields["loc"][1] == torch.bfloat16
+    assert hdr.sink("cpu").fields["x"][1] == torch.float32
     assert hdr.frames(StreamConfig(), "cpu").fields["video"][0] == (12, 64, 128, 3)
     latents_only = dataclasses.replace(hdr, decode_video=False, sink_offset=7)
     assert SessionHeader.decode(latents_only.encode()) == latents_only

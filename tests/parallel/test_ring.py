@@ -49,6 +49,14 @@ def test_fp32_one_dit_rank_plus_vae(tmp_path, single_process):
     assert_identical(info, arrays, single_process, "fp32", [3])
 
 
+def test_fp8_linears_on_2_dit_ranks_plus_vae(tmp_path, single_process):
+    """precision='fp8' (the published --fp8) on the ring == one process, and is not bf16."""
+    info, arrays, _, _ = run_ring(tmp_path, "2+1", "--precision", "fp8")
+    assert_identical(info, arrays, single_process, "fp8", [3])
+    _, bf16_latents = single_process("bf16", 3)
+    assert not np.array_equal(arrays["latents_0"], bf16_latents), "fp8 run equals bf16: fp8 was not applied"
+
+
 def test_a_dit_rank_that_dies_ends_every_rank_with_a_clear_error(tmp_path):
     """Rank 2 (step 2 of 4+1) exits after block 2: the front raises at once (its connection to
     rank 2 closes), aborts the others, and every process of the ring is gone."""
