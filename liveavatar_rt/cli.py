@@ -50,6 +50,8 @@ def add_generate_arguments(g: argparse.ArgumentParser, layout: str = "1") -> Non
     g.add_argument("--seed", type=int, default=0, help="noise seed (and the tiny preset's weight seed)")
     g.add_argument("--device", default="cpu", help="'cpu' or 'cuda' (on a ring: one GPU per rank)")
     g.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    g.add_argument("--decoder", default=None, help="TAEHV-layout decoder weights (.pth/.safetensors, e.g. taew2_1.pth for the 14B) "
+                   "instead of the VAE's decoder")
     g.add_argument("--precision", choices=list(PRECISIONS), default="bf16", help="linear layers: bf16, or fp8 (the published --fp8: E4M3 weights + activations)")
     g.add_argument("--max-area", type=int, default=None, help="generation area in pixels (default: the model's)")
     g.add_argument("--layout", "--tpp", dest="layout", default=layout, metavar="LAYOUT",
@@ -74,6 +76,7 @@ def load_pipeline(args: argparse.Namespace):
         ring = RingOptions(timeout=args.timeout, threads=args.threads or 1)
     return Pipeline.from_pretrained(args.model, device=args.device, dtype=DTYPES[args.dtype], seed=args.seed,
                                     layout=args.layout, max_area=args.max_area, ring=ring, precision=args.precision,
+                                    decoder=args.decoder,
                                     stream=StreamConfig(cuda_graphs=CUDA_GRAPH_CHOICES[args.cuda_graphs]))
 
 

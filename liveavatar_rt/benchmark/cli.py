@@ -24,6 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--audio", default=str(EXAMPLE / "speech.wav"), help="looped to the needed length")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    p.add_argument("--decoder", default=None, help="TAEHV-layout decoder weights (.pth/.safetensors, e.g. taew2_1.pth for the 14B) "
+                   "instead of the VAE's decoder")
     p.add_argument("--precision", choices=list(PRECISIONS), default="bf16", help="linear layers: bf16, or fp8 (the published --fp8: E4M3 weights + activations)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--provider", default=None, help="force providers, e.g. 'ref' (LIVEAVATAR_RT_PROVIDER syntax)")
@@ -40,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from .report import COMPARE_SCHEMA, SCHEMA, format_text, validate, write_json
 
     cfg = BenchConfig(model=args.model, blocks=args.blocks, warmup=args.warmup, image=args.image, audio=args.audio,
-                      seed=args.seed, dtype=args.dtype, precision=args.precision, device=args.device, provider=args.provider,
+                      seed=args.seed, dtype=args.dtype, precision=args.precision, decoder=args.decoder, device=args.device, provider=args.provider,
                       layout=args.layout, encode=args.encode, peak_n=args.peak_n,
                       threads=args.threads)
     if args.compare:

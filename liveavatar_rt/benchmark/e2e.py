@@ -42,6 +42,7 @@ class BenchConfig:
     seed: int = 0
     dtype: str = "bf16"
     precision: str = "bf16"  # "fp8": the published --fp8 linears
+    decoder: str | None = None  # a TAEHV-layout decoder file instead of the VAE's decoder
     device: str = "cpu"
     provider: str | None = None  # None: the best provider per op; "ref": reference ops everywhere
     layout: str = "1"  # "1": one process; a TPP layout ("4+1", "2+1", "2", ...) spawns local ranks
@@ -83,7 +84,7 @@ def _open(cfg: BenchConfig):
 
     return Pipeline.from_pretrained(cfg.model, device=cfg.device, dtype=DTYPES[cfg.dtype], seed=cfg.seed,
                                     force_provider=cfg.provider, quiet=True, layout=cfg.layout,
-                                    precision=cfg.precision)
+                                    precision=cfg.precision, decoder=cfg.decoder)
 
 
 def run_session(cfg: BenchConfig, keep_outputs: bool = False) -> dict:

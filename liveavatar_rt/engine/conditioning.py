@@ -38,24 +38,26 @@ class Conditioning:
     """One image's conditioning. `new_decoder()` forks a decoder warmed once per entry, on first
     use (TPP's front never decodes, so it never pays the warm-up)."""
 
-    def __init__(self, vae, ref_latent: torch.Tensor, motion: torch.Tensor):
+    def __init__(self, decoder, ref_latent: torch.Tensor, motion: torch.Tensor):
         self.ref_latent = ref_latent  # [1, 16, 1, h, w] compute dtype
         self.motion = motion  # [1, 16, 19, h, w] compute dtype
-        self._vae, self._warm, self._lock = vae, None, threading.Lock()
+        # decoder: what new_stream()s the video (the VAE, or a TAEHV decoder: Pipeline.decoder)
+        self._decoder, self._warm, self._lock = decoder, None, threading.Lock()
 
     def new_decoder(self):
         """A streaming decoder of its own, in the warmed state."""
         with self._lock:
             if self._warm is None:
-                self._warm = warmed_decoder(self._vae, self.motion)
+                self._warm = warmed_decoder(self._decoder, self.motion)
         return self._warm.fork()
 
 
-def compute_conditioning(vae, ref: torch.Tensor, motion_frames: int, dtype: torch.dtype) -> Conditioning:
-    """ref [3, H, W] in [-1, 1] -> the session's conditioning, computed (no cache)."""
+def compute_conditioning(vae, ref: torch.Tensor, motion_frames: int, dtype: torch.dtype, decoder=None) -> Conditioning:
+    """ref [3, H, W] in [-1, 1] -> the session's conditioning, computed (no cache). The VAE
+    encodes; `decoder` (default: the VAE) decodes the session's video."""
     ref_latent = vae.encode(ref[:, None]).to(dtype)[None]
     motion = vae.encode(ref[:, None].expand(-1, motion_frames, -1, -1)).to(dtype)[None]
-    return Conditioning(vae, ref_latent, motion)
+    return Conditioning(vae if decoder is None else decoder, ref_latent, motion)
 
 
 class ConditioningCache:
@@ -70,10 +72,11 @@ class ConditioningCache:
         digest = hashlib.sha256(ref.detach().float().contiguous().cpu().numpy().tobytes()).hexdigest()
         return digest, tuple(ref.shape), str(dtype)
 
-    def get(self, vae, ref: torch.Tensor, motion_frames: int, dtype: torch.dtype) -> Conditioning:
-        """The conditioning of `ref` [3, H, W], from the cache or computed (and then cached)."""
+    def get(self, vae, ref: torch.Tensor, motion_frames: int, dtype: torch.dtype, decoder=None) -> Conditioning:
+        """The conditioning of `ref` [3, H, W], from the cache or computed (and then cached).
+        One cache belongs to one Pipeline, so `decoder` is the same for every entry."""
         if self.size <= 0:
-            return compute_conditioning(vae, ref, motion_frames, dtype)
+            return compute_conditioning(vae, ref, motion_frames, dtype, decoder)
         k = (*self.key(ref, dtype), motion_frames)
         with self._lock:
             hit = self._entries.get(k)
@@ -82,7 +85,7 @@ class ConditioningCache:
                 self.hits += 1
                 return hit
             self.misses += 1
-        cond = compute_conditioning(vae, ref, motion_frames, dtype)  # outside the lock: sessions on other images go on
+        cond = compute_conditioning(vae, ref, motion_frames, dtype, decoder)  # outside the lock: sessions on other images go on
         with self._lock:
             self._entries[k] = cond
             self._entries.move_to_end(k)

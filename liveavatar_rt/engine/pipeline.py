@@ -65,6 +65,23 @@ class Video:
             w.write(self.frames, self.audio)
 
 
+def load_decoder(path: str | os.PathLike, vae: WanVAE, dtype: torch.dtype, device: str):
+    """A TAEHV-layout decoder from a user's file, checked against the VAE's latent space:
+    same latent channels, the same x8 space and x4 time upscaling."""
+    from ..model.taehv import load_taehv
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"decoder weights {str(path)!r} do not exist (a TAEHV-layout .pth / .safetensors, "
+                                "e.g. taew2_1.pth for the 14B)")
+    tae = load_taehv(path, config=None, dtype=dtype, device=device)
+    cfg, z = tae.config, vae.config.z_dim
+    if (cfg.latent_channels, cfg.decoder_space_factor, cfg.t_upscale) != (z, 8, 4):
+        raise ValueError(f"decoder {path.name}: {cfg.latent_channels} latent channels, space x{cfg.decoder_space_factor}, "
+                         f"time x{cfg.t_upscale}; the model's VAE needs {z}, x8, x4")
+    return tae
+
+
 def quantize_published(root: str | os.PathLike, out: str | os.PathLike | None = None, quiet: bool = False) -> Path:
     """Write the fp8 DiT of a published-layout directory (LoRA merged, then the published fp8
     rule) to `out` (default root/liveavatar_rt_fp8.safetensors, which from_pretrained(root,
@@ -107,11 +124,18 @@ class Pipeline:
         # per-image session conditioning (VAE encodes + warmed decoder), see conditioning.py
         self.conditioning_cache = ConditioningCache(size=4)
         self._ring = None  # parallel.front.FrontRing when the layout is a TPP ring
+        self._decoder = vae  # what decodes the video: the VAE, or a TAEHV (from_pretrained(decoder=...))
 
     @property
     def stream(self) -> StreamConfig:
         """The streaming configuration (blocks, steps, cache, cuda_graphs): fixed at load."""
         return self._stream
+
+    @property
+    def decoder(self):
+        """What decodes the video (`new_stream()`): the model's VAE, or the TAEHV-layout decoder
+        given as from_pretrained(decoder=...). The VAE still encodes the reference image."""
+        return self._decoder
 
     @property
     def precision(self) -> str:
@@ -151,7 +175,8 @@ class Pipeline:
     def from_pretrained(cls, name_or_path: str | os.PathLike = "tiny", device: str = "cpu",
                         dtype: torch.dtype = torch.bfloat16, seed: int = 0, force_provider=None,
                         quiet: bool = False, *, layout: str = "1", stream: StreamConfig | None = None,
-                        max_area: int | None = None, ring=None, precision: str = "bf16") -> "Pipeline":
+                        max_area: int | None = None, ring=None, precision: str = "bf16",
+                        decoder: str | os.PathLike | None = None) -> "Pipeline":
         """Load a model: 'tiny' (packaged weights, or seeded random ones until trained weights
         ship), a tiny single-file model (`*.safetensors` written by
         `liveavatar_rt.io.tiny.save_tiny`, e.g. a candidate from recipes/tiny/train/export.py
@@ -168,10 +193,14 @@ class Pipeline:
         threads per spawned rank, start method). Close a ring pipeline with close() (or `with`).
         precision: "bf16" (published default) or "fp8" (the published `--fp8` linears, per-tensor
         E4M3 weights and activations; model/fp8.py). A published-layout directory holding
-        `liveavatar_rt_fp8.safetensors` (`liveavatar-rt quantize`) loads that file for fp8."""
+        `liveavatar_rt_fp8.safetensors` (`liveavatar-rt quantize`) loads that file for fp8.
+        decoder: None (the model's VAE decodes) or a TAEHV-layout weights file (.pth /
+        .safetensors, e.g. madebyollin/taehv's taew2_1.pth for the Wan 2.1 latents of the 14B):
+        a tiny streaming decoder of the same latent space, ~20x less work than the VAE."""
         check_precision(precision, dtype)
         load = dict(name_or_path=name_or_path, device=device, dtype=dtype, seed=seed, force_provider=force_provider,
-                    stream=stream, max_area=max_area, precision=precision)
+                    stream=stream, max_area=max_area, precision=precision,
+                    decoder=None if decoder is None else str(decoder))
         if _is_single(layout):
             if ring is not None:
                 raise ValueError("ring options need a TPP layout ('4+1', '2+1', '2', ...), not layout '1'")
@@ -197,9 +226,11 @@ class Pipeline:
         elif Path(name).is_file():
             pipe = cls._tiny_file(Path(name), ops, opts)  # a non-tiny file is named in the error
         else:
-            return cls._from_directory(Path(name), ops, device, dtype, quiet, opts)
-        if opts["precision"] == "fp8":  # tiny models are small: quantized after loading
+            pipe = cls._from_directory(Path(name), ops, device, dtype, quiet, opts)
+        if opts["precision"] == "fp8" and pipe.precision != "fp8":  # tiny models: quantized after loading
             to_fp8(pipe.model)
+        if load.get("decoder"):
+            pipe._decoder = load_decoder(load["decoder"], pipe.vae, dtype, device)
         return pipe
 
     @classmethod

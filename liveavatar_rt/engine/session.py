@@ -76,7 +76,7 @@ class Session:
         # Published multi-GPU conditioning: the reference latent is the image alone, the motion
         # latents encode the image repeated `motion_frames` times (73 -> 19 latent frames), and
         # the streaming decoder starts warmed on the first 7 motion latents. Cached per image.
-        cond = pipe.conditioning_cache.get(pipe.vae, ref, stream.motion_frames, dtype)
+        cond = pipe.conditioning_cache.get(pipe.vae, ref, stream.motion_frames, dtype, decoder=pipe.decoder)
         self.ref_latent, self.motion = cond.ref_latent, cond.motion
         spec = SessionSpec(seed=seed, height=self.height, width=self.width, text=text.to(dtype),
                            ref_latent=self.ref_latent, motion=self.motion, positions=positions or PositionPolicy(),

@@ -330,12 +330,27 @@ def load_state_dict_checked(model: TAEHV, sd: dict[str, torch.Tensor], source: s
     return model
 
 
-def load_taehv(path: str | Path, config: TAEHVConfig = TAEW2_1, dtype: torch.dtype = torch.float32,
+def config_from_state_dict(sd: dict[str, torch.Tensor]) -> TAEHVConfig:
+    """The widths, latent channels and patch size a TAEHV-layout state dict was built with
+    (time / space scaling: the taew2_1 pattern). Decoder stage i ends with conv `decoder.{8+6i}`."""
+    try:
+        enc, dec = sd["encoder.0.weight"], sd["decoder.1.weight"]
+        widths = (dec.shape[0], *(sd[f"decoder.{8 + 6 * i}.weight"].shape[0] for i in range(3)))
+    except KeyError as e:
+        raise ValueError(f"not a TAEHV-layout state dict: no {e.args[0]!r}") from None
+    patch = int(round((enc.shape[1] / 3) ** 0.5))
+    return TAEHVConfig(latent_channels=dec.shape[1], patch_size=patch, encoder_width=enc.shape[0],
+                       decoder_widths=widths)
+
+
+def load_taehv(path: str | Path, config: TAEHVConfig | None = TAEW2_1, dtype: torch.dtype = torch.float32,
                device: str | torch.device = "cpu") -> TAEHV:
     """A user-supplied `.pth` (plain state dict) or `.safetensors` in the TAEHV layout, e.g.
-    madebyollin/taehv's `taew2_1.pth`, loaded into a `TAEHV(config)`. Nothing is downloaded."""
+    madebyollin/taehv's `taew2_1.pth`, loaded into a `TAEHV(config)` (None: the config the
+    file's shapes say, `config_from_state_dict`). Nothing is downloaded."""
     from ..io.vae_loading import read_vae_state_dict
 
-    model = TAEHV(config, dtype=dtype, device=device)
-    load_state_dict_checked(model, read_vae_state_dict(path), source=str(path))
+    sd = read_vae_state_dict(path)
+    model = TAEHV(config or config_from_state_dict(sd), dtype=dtype, device=device)
+    load_state_dict_checked(model, sd, source=str(path))
     return model.requires_grad_(False).eval()

@@ -35,7 +35,7 @@ class Stage:
         t0 = time.perf_counter()
         self.stepper = open_stepper(pipe, hdr.spec(text, ref, motion), self.steps) if self.steps else None
         self.stats["prefill_s"] = time.perf_counter() - t0
-        self.decoder = warmed_decoder(pipe.vae, motion) if self.is_vae and hdr.decode_video else None
+        self.decoder = warmed_decoder(pipe.decoder, motion) if self.is_vae and hdr.decode_video else None
         if self.is_vae:
             self.out = SendChannel(0, session_tag(TAG_FRAMES, sid), hdr.frames(self.stream, dev), "frames", SLOTS)
         else:

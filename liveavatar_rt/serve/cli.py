@@ -53,6 +53,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--ack-window", type=int, default=d.ack_window, help="unacknowledged segments in flight")
     p.add_argument("--seed", type=int, default=0, help="weight seed of the tiny preset")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    p.add_argument("--decoder", default=None, help="TAEHV-layout decoder weights (.pth/.safetensors, e.g. taew2_1.pth for the 14B) "
+                   "instead of the VAE's decoder")
     p.add_argument("--precision", choices=list(PRECISIONS), default="bf16", help="linear layers: bf16, or fp8 (the published --fp8: E4M3 weights + activations)")
     p.add_argument("--no-warmup", action="store_true",
                    help="skip rendering one block at start-up (it keeps one-time costs out of the first TTFF)")
@@ -88,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"liveavatar-rt serve: loading {args.model}" + (f" on a TPP ring {args.tpp}" if args.tpp else ""),
           file=sys.stderr)
     engine = Engine.load(args.model, tpp=args.tpp, seed=args.seed, dtype=args.dtype,
-                         precision=args.precision)
+                         precision=args.precision, decoder=args.decoder)
     if engine.note:
         print(f"note: {engine.note}", file=sys.stderr)
     if not args.no_warmup:

@@ -31,11 +31,12 @@ class Engine:
 
     @classmethod
     def load(cls, model: str = "tiny", tpp: str | None = None, seed: int = 0, dtype: str = "bf16",
-             device: str = "cpu", precision: str = "bf16") -> "Engine":
+             device: str = "cpu", precision: str = "bf16", decoder: str | None = None) -> "Engine":
         from ..engine import Pipeline
 
         return cls(Pipeline.from_pretrained(model, device=device, dtype=DTYPES[dtype], seed=seed, quiet=True,
-                                            layout=tpp or "1", precision=precision))
+                                            layout=tpp or "1", precision=precision,
+                                            decoder=decoder))
 
     @property
     def capacity_limit(self) -> int | None:
