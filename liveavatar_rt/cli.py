@@ -159,6 +159,11 @@ def main(argv: list[str] | None = None) -> int:
                                            "effect on a block latent")
     audio_check.add_arguments(a)
     a.set_defaults(fn=audio_check.run)
+    from .plan import cli as plan_cli
+
+    pl = sub.add_parser("plan", help="per-rank GPU memory of a model on a layout (weights, KV, activations, decoder)")
+    plan_cli.add_arguments(pl)
+    pl.set_defaults(fn=plan_cli.run)
     q = sub.add_parser("quantize", help="write a published-layout model's fp8 DiT (LoRA merged) into its directory")
     q.add_argument("--model", required=True, help="published-layout model directory")
     q.add_argument("--out", default=None, help="output file (default: MODEL/liveavatar_rt_fp8.safetensors, "

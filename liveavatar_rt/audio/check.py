@@ -74,6 +74,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--audio", required=True, help="speech audio file (any rate; resampled to 16 kHz)")
     p.add_argument("--window", type=float, default=None, help="window_s (default: AudioWindow's)")
     p.add_argument("--lookahead", type=float, default=None, help="lookahead_s (default: AudioWindow's)")
+    p.add_argument("--normalize", choices=["window", "running"], default=None,
+                   help="normalise each window alone or with running stream statistics (default: AudioWindow's)")
     p.add_argument("--windows", default=None, help="comma-separated window_s values to sweep (overrides --window)")
     p.add_argument("--latent-blocks", type=int, default=2,
                    help="measure the latent of this many-th block (published-layout directory only; 0: skip)")
@@ -102,11 +104,12 @@ def run(args: argparse.Namespace) -> int:
     cfg = features.model.config
     print(f"wav2vec2 {folder}: {cfg.num_hidden_layers} layers, {cfg.hidden_size} wide; audio {args.audio}: "
           f"{len(pcm16) / AUDIO_RATE:.2f} s; relative error ||stream - offline|| / ||offline|| (fp32)")
+    print(f"normalisation: {args.normalize or base.normalize}")
     print(f"{'window s':>8s} {'lookahead s':>11s} {'overall':>9s} {'worst layer':>13s} {'first/mid/last':>24s} "
           f"{'w2v s/block':>11s}" + (f" {'latent':>9s}" if full_model and args.latent_blocks else ""))
     rows = []
     for w in wins:
-        win = AudioWindow(window_s=w, lookahead_s=look)
+        win = AudioWindow(window_s=w, lookahead_s=look, normalize=args.normalize or base.normalize)
         r = feature_deviation(features, pcm16, win)
         per = r["per_layer"]
         worst = int(np.argmax(per))

@@ -44,8 +44,16 @@ class Wav2VecFeatures:
         self.dim = self.model.config.hidden_size
 
     @torch.no_grad()
-    def __call__(self, pcm16k) -> torch.Tensor:
+    def __call__(self, pcm16k, stats: tuple[float, float] | None = None) -> torch.Tensor:
+        """stats: (mean, variance) to normalise with instead of the input's own (the feature
+        extractor's zero-mean unit-variance rule, (x - mean) / sqrt(var + 1e-7)), e.g. running
+        statistics of a stream; ignored when the folder's extractor does not normalise."""
         x = np.asarray(pcm16k, np.float32).reshape(-1)
-        iv = self.processor(x, sampling_rate=self.sample_rate, return_tensors="pt").input_values
+        if stats is None:
+            iv = self.processor(x, sampling_rate=self.sample_rate, return_tensors="pt").input_values
+        else:
+            if getattr(self.processor, "do_normalize", True):
+                x = ((x - np.float32(stats[0])) / np.sqrt(np.float32(stats[1]) + np.float32(1e-7))).astype(np.float32)
+            iv = torch.from_numpy(x)[None]
         res = self.model(iv.to(device=self.device, dtype=self.dtype), output_hidden_states=True)
         return torch.cat(res.hidden_states).permute(0, 2, 1).contiguous()  # [L, T, D] -> [L, D, T]

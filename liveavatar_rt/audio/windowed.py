@@ -4,7 +4,9 @@ wav2vec2 is bidirectional and its feature extractor normalises whatever it is gi
 published pipeline runs it once over the complete utterance (offline.py). Here, block n's
 features come from wav2vec2 run on a window of the most recent `window_s` seconds of audio
 ending `lookahead_s` after block n's last sample (or at the end of the audio, if that comes
-first). The feature extractor's normalisation applies to that window, and the published
+first). The feature extractor's normalisation applies to that window (`normalize="window"`) or
+uses the mean / variance of all audio from the stream start to the window's end
+(`normalize="running"`: causal statistics that approach the offline whole-utterance ones); the published
 alignment (`align_offline`: 50 -> 30 Hz interpolation over the window, 25 fps bucketing) maps
 the window's features to its video frames. The window starts on a video-frame boundary
 (640 samples), so frame k of the window is frame start / 640 + k of the stream.
@@ -42,6 +44,11 @@ class AudioWindow:
 
     window_s: float = 2.0  # left context barely matters (README table); 2 s costs ~2/3 of 4 s
     lookahead_s: float = 0.16  # right context matters most; each 40 ms is added to every block's latency
+    normalize: str = "window"  # "window" (the extractor on the window) or "running" (stream-start statistics)
+
+    def __post_init__(self) -> None:
+        if self.normalize not in ("window", "running"):
+            raise ValueError(f"normalize must be 'window' or 'running', got {self.normalize!r}")
 
     def samples(self, block_samples: int, frame_samples: int) -> tuple[int, int]:
         """(window, lookahead) in 16 kHz samples; the window a whole number of video frames."""
@@ -78,6 +85,10 @@ class WindowedAudioStream:
         self.ended = False
         self.total_blocks: int | None = None  # known after end()
         self.feature_seconds = 0.0  # wav2vec2 time spent (for the latency bench)
+        # running statistics (normalize="running"): sums over [0, _acc_end) in float64, and the
+        # stats already asked for by window end (a block may re-read its window's stats)
+        self._acc_end, self._acc_sum, self._acc_sq = 0, 0.0, 0.0
+        self._stats: dict[int, tuple[float, float]] = {}
 
     # ---- input ---------------------------------------------------------------------------
     def lead_in(self, samples: int) -> None:
@@ -145,7 +156,10 @@ class WindowedAudioStream:
         start, end = self._span(n)
         if self._cached is None or self._cached[0] != (start, end):
             t = time.perf_counter()
-            feat = self.features(self._pcm.read(start, end))  # [L, D, T50] of the window
+            if self.window.normalize == "running":
+                feat = self.features(self._pcm.read(start, end), stats=self._running_stats(end))
+            else:
+                feat = self.features(self._pcm.read(start, end))  # [L, D, T50] of the window
             frames = align_offline(feat, self.fps, self.batch_frames).float()  # [L, D, n_video]
             self.feature_seconds += time.perf_counter() - t
             self._cached = ((start, end), frames)
@@ -156,6 +170,21 @@ class WindowedAudioStream:
         have = max(0, min(f, frames.shape[2] - k0))
         out[:, :, :have] = frames[:, :, k0:k0 + have]
         return out
+
+    def _running_stats(self, end: int) -> tuple[float, float]:
+        """(mean, variance) of stream samples [0, end). Windows are asked for in order, and
+        release() keeps everything from the previous window's end, so the sums advance."""
+        if end not in self._stats:
+            if end < self._acc_end:
+                raise RuntimeError(f"running statistics up to {end} asked for after {self._acc_end}")
+            x = self._pcm.read(self._acc_end, end).astype(np.float64)
+            self._acc_sum += float(x.sum())
+            self._acc_sq += float((x * x).sum())
+            self._acc_end = end
+            mean = self._acc_sum / end
+            self._stats = {k: v for k, v in self._stats.items() if k > end - 4 * self.block_samples}
+            self._stats[end] = (mean, max(self._acc_sq / end - mean * mean, 0.0))
+        return self._stats[end]
 
     def block_pcm(self, n: int) -> np.ndarray:
         """16 kHz float32 PCM of block n; zeros past the end."""
