@@ -92,6 +92,7 @@ class SessionHeader:
 
     def encode(self) -> torch.Tensor:
         mode = {v: k for k, v in POSITION_MODES.items()}[self.position_mode]
+        # the message is int64[16], every slot taken: slot 9 packs both dtype codes (each < 16)
         vals = [START, self.session, self.seed, self.height, self.width, self.lat_h, self.lat_w, self.text_len,
                 self.text_dim, DTYPE_CODES[self.dtype] + 16 * DTYPE_CODES[self.latent_dtype], self.motion_frames, int(self.decode_video),
                 -1 if self.sink_offset is None else self.sink_offset, mode, self.position_limit,
