@@ -4,6 +4,6 @@ from .linear import patch_conv
 from .registry import OPS, OpTable, define
 from . import cpu_block_providers, cpu_providers  # noqa: F401  (C++ CPU providers; liveavatar_rt._C loads lazily)
 from . import cuda_providers  # noqa: F401  (the CUDA modulate kernel; refused without CUDA kernels)
-from . import qk_norm_rope, rolling_attention, triton_providers  # noqa: F401  (fused ops; Triton loads lazily)
+from . import kv_fp8, qk_norm_rope, rolling_attention, triton_providers  # noqa: F401  (fused ops; Triton loads lazily)
 
 __all__ = ["OPS", "OpTable", "define", "patch_conv"]
