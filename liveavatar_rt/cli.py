@@ -8,7 +8,8 @@ import sys
 
 import torch
 
-from .config import AUDIO_RATE, CUDA_GRAPH_CHOICES, DTYPES, PRECISIONS
+from .cli_args import add_numerics_args, kv_cache_dtype
+from .config import AUDIO_RATE, CUDA_GRAPH_CHOICES, DTYPES
 
 
 def _version(pkg: str) -> str:
@@ -52,7 +53,7 @@ def add_generate_arguments(g: argparse.ArgumentParser, layout: str = "1") -> Non
     g.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     g.add_argument("--decoder", default=None, help="TAEHV-layout decoder weights (.pth/.safetensors, e.g. taew2_1.pth for the 14B) "
                    "instead of the VAE's decoder")
-    g.add_argument("--precision", choices=list(PRECISIONS), default="bf16", help="linear layers: bf16, or fp8 (the published --fp8: E4M3 weights + activations)")
+    add_numerics_args(g)
     g.add_argument("--max-area", type=int, default=None, help="generation area in pixels (default: the model's)")
     g.add_argument("--layout", "--tpp", dest="layout", default=layout, metavar="LAYOUT",
                    help="'1' (one process) or timestep-forcing pipeline parallelism: '4+1' (4 DiT ranks + a VAE "
@@ -76,7 +77,7 @@ def load_pipeline(args: argparse.Namespace):
         ring = RingOptions(timeout=args.timeout, threads=args.threads or 1)
     return Pipeline.from_pretrained(args.model, device=args.device, dtype=DTYPES[args.dtype], seed=args.seed,
                                     layout=args.layout, max_area=args.max_area, ring=ring, precision=args.precision,
-                                    decoder=args.decoder,
+                                    decoder=args.decoder, kv_cache_dtype=kv_cache_dtype(args),
                                     stream=StreamConfig(cuda_graphs=CUDA_GRAPH_CHOICES[args.cuda_graphs]))
 
 

@@ -142,5 +142,12 @@ CUDA_GRAPH_CHOICES = {"auto": None, "on": True, "off": False}
 # The one map from CLI / config dtype names to torch dtypes (CPU runs bf16, never fp16).
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 PRECISIONS = ("bf16", "fp8")  # linear layers: bf16, or the published --fp8 (model/fp8.py)
+# K/V cache storage beyond the compute dtype (None): fp8 = E4M3 + per-token-per-head scales (cache/kv.py)
+KV_CACHE_DTYPES = {"fp8": torch.float8_e4m3fn}
+
+
+def check_kv_cache_dtype(name: str | None) -> None:
+    if name is not None and name not in KV_CACHE_DTYPES:
+        raise ValueError(f"kv_cache_dtype {name!r}: use None (the compute dtype) or one of {sorted(KV_CACHE_DTYPES)}")
 # The audio rate of the features and of Block.audio PCM (input at any rate is resampled to it).
 AUDIO_RATE = 16000

@@ -11,12 +11,19 @@
 Both hand the model attends of the two forms model/attention.py describes: called with normed
 q/k, or through `raw` with the projections before the norms, where one `ops.qk_norm_rope` call
 normalises q and k, rotates them and writes the rotated keys straight into the ring slot.
+
+`kv_dtype=torch.float8_e4m3fn` (the pipeline's `kv_cache_dtype="fp8"`) stores every K/V row of
+both caches as E4M3 plus one fp32 scale per token and head (ops/kv_fp8.py), quantized when it is
+written, dequantized inside `ops.rolling_attention_fp8`. The queries, the prefill's own
+attention and everything else stay in the compute dtype.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+
+from ..ops.kv_fp8 import E4M3, dequantize_kv, quantize_kv
 
 
 def _fp32_tables(rope: tuple[torch.Tensor, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,30 +52,54 @@ class _PrefillAttend:
         return self.ops.attention(q_rot, k_rot, v)
 
 
-def _same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device
+def _same_layout(a: torch.Tensor | None, b: torch.Tensor) -> bool:
+    return a is not None and a.shape == b.shape and a.dtype == b.dtype and a.device == b.device
+
+
+def check_kv_dtype(kv_dtype: torch.dtype | None) -> bool:
+    """True for an FP8 cache (E4M3), False for None (K/V kept in the compute dtype)."""
+    if kv_dtype not in (None, E4M3):
+        raise ValueError(f"kv cache dtype {kv_dtype}: use None (the compute dtype) or {E4M3} (fp8)")
+    return kv_dtype is not None
 
 
 class CondCache:
-    def __init__(self, num_layers: int):
+    def __init__(self, num_layers: int, kv_dtype: torch.dtype | None = None):
+        self.fp8 = check_kv_dtype(kv_dtype)
         self.k: list[torch.Tensor | None] = [None] * num_layers
         self.v: list[torch.Tensor | None] = [None] * num_layers
+        # fp8: per-token, per-head fp32 scales [B, Lc, H] of k / v
+        self.ks: list[torch.Tensor | None] = [None] * num_layers
+        self.vs: list[torch.Tensor | None] = [None] * num_layers
 
     @property
     def ready(self) -> bool:
         return all(k is not None for k in self.k)
 
+    def alias(self) -> "CondCache":
+        """A cache holding these very tensors (its lists are its own)."""
+        c = CondCache(len(self.k), E4M3 if self.fp8 else None)
+        c.k, c.v, c.ks, c.vs = list(self.k), list(self.v), list(self.ks), list(self.vs)
+        return c
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every tensor held (K, V and, for fp8, their scales)."""
+        return [t for ts in (self.k, self.v, self.ks, self.vs) for t in ts if t is not None]
+
     def store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Keep layer `layer`'s K/V ([B, Lc, H, D]). At inference (no autograd), a re-prefill of
-        the same shape (the sink replacement) copies into the tensors already there: a captured
-        CUDA graph reads them by address (engine/graphs.py)."""
-        old_k, old_v = self.k[layer], self.v[layer]
-        if (not torch.is_grad_enabled() and old_k is not None and old_v is not None
-                and _same_layout(old_k, k) and _same_layout(old_v, v)):
-            old_k.copy_(k)
-            old_v.copy_(v)
+        """Keep layer `layer`'s K/V ([B, Lc, H, D]; quantized first for fp8). At inference (no
+        autograd), a re-prefill of the same shape (the sink replacement) copies into the tensors
+        already there: a captured CUDA graph reads them by address (engine/graphs.py)."""
+        lists = (self.k, self.v, self.ks, self.vs) if self.fp8 else (self.k, self.v)
+        new = (*quantize_kv(k), *quantize_kv(v)) if self.fp8 else (k, v)
+        if self.fp8:
+            new = (new[0], new[2], new[1], new[3])  # (k8, v8, k scales, v scales)
+        if not torch.is_grad_enabled() and all(_same_layout(li[layer], t) for li, t in zip(lists, new)):
+            for li, t in zip(lists, new):
+                li[layer].copy_(t)
         else:
-            self.k[layer], self.v[layer] = k, v
+            for li, t in zip(lists, new):
+                li[layer] = t
 
     def prefill_attend(self, layer: int, cos: torch.Tensor, sin: torch.Tensor, ops) -> _PrefillAttend:
         """Attend for the prefill pass (cos/sin: [Lc, D/2] at the cond tokens' positions): store
@@ -118,20 +149,28 @@ class _RingAttend:
         self.ring, self.layer, self.plan, self.cond, self.ops = ring, layer, plan, cond, ops
 
     def _attend(self, q_rot: torch.Tensor) -> torch.Tensor:
-        ring, i, p = self.ring, self.layer, self.plan
-        return self.ops.rolling_attention(q_rot, *ring.layer(i), p.valid, self.cond.k[i], self.cond.v[i],
-                                          p.c_cos, p.c_sin)
+        ring, i, p, c = self.ring, self.layer, self.plan, self.cond
+        if ring.fp8:
+            return self.ops.rolling_attention_fp8(q_rot, *ring.layer(i), p.valid, c.k[i], c.v[i], c.ks[i], c.vs[i],
+                                                  p.c_cos, p.c_sin)
+        return self.ops.rolling_attention(q_rot, *ring.layer(i), p.valid, c.k[i], c.v[i], p.c_cos, p.c_sin)
 
     def _write(self, k_rot: torch.Tensor | None, v: torch.Tensor) -> None:
-        ring_k, ring_v = self.ring.layer(self.layer)
+        """k_rot (None: already written by qk_norm_rope), v: [B, n, H, D] into the plan's slots."""
+        dst = self.ring.layer(self.layer)
+        src = (k_rot, v) if not self.ring.fp8 else (*quantize_kv(k_rot), *quantize_kv(v))
+        if self.ring.fp8:
+            src = (src[0], src[2], src[1], src[3])  # as layer(): (k8, v8, k scales, v scales)
         p, n = self.plan, v.shape[1]
-        if p.slot is not None:
-            if k_rot is not None:
-                ring_k[:, p.slot:p.slot + n] = k_rot
-            ring_v[:, p.slot:p.slot + n] = v
-        else:
-            ring_k.index_copy_(1, p.slots, k_rot)
-            ring_v.index_copy_(1, p.slots, v)
+        for d, t in zip(dst, src):
+            if t is None:
+                continue
+            if p.slot is not None:
+                d[:, p.slot:p.slot + n] = t
+            elif d.dtype == E4M3:  # index_copy_ has no fp8 kernel: move the codes as bytes
+                d.view(torch.uint8).index_copy_(1, p.slots, t.view(torch.uint8))
+            else:
+                d.index_copy_(1, p.slots, t)
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         ops, p = self.ops, self.plan
@@ -140,7 +179,7 @@ class _RingAttend:
 
     def raw(self, q, k, v, wq, wk, eps: float, num_heads: int) -> torch.Tensor:
         p, n = self.plan, q.shape[1]
-        if p.slot is not None:  # rotate the keys straight into the ring slot
+        if p.slot is not None and not self.ring.fp8:  # rotate the keys straight into the ring slot
             ring_k = self.ring.layer(self.layer)[0]
             q_rot, _, _ = self.ops.qk_norm_rope(q, k, wq, wk, eps, p.q_cos, p.q_sin, num_heads,
                                                 k_rot_out=ring_k[:, p.slot:p.slot + n])
@@ -153,13 +192,23 @@ class _RingAttend:
 
 class RingCache:
     def __init__(self, num_layers: int, batch: int, capacity: int, heads: int, head_dim: int,
-                 dtype: torch.dtype, device: torch.device | str = "cpu"):
+                 dtype: torch.dtype, device: torch.device | str = "cpu", kv_dtype: torch.dtype | None = None):
+        """dtype: the compute dtype; kv_dtype: None (K/V stored in dtype) or E4M3 (fp8: codes
+        plus fp32 scales `ks`, `vs` [L, B, capacity, H])."""
+        self.fp8 = check_kv_dtype(kv_dtype)
         shape = (num_layers, batch, capacity, heads, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.dtype = dtype
+        self.k = torch.zeros(shape, dtype=kv_dtype or dtype, device=device)
+        self.v = torch.zeros(shape, dtype=kv_dtype or dtype, device=device)
+        self.ks = torch.zeros(shape[:-1], dtype=torch.float32, device=device) if self.fp8 else None
+        self.vs = torch.zeros(shape[:-1], dtype=torch.float32, device=device) if self.fp8 else None
         self.capacity = capacity
         # per-layer views [batch, capacity, heads, head_dim], made once (saves a select per use)
-        self._layers = list(zip(self.k.unbind(0), self.v.unbind(0)))
+        self._layers = list(zip(*(t.unbind(0) for t in self.tensors())))
+
+    def tensors(self) -> list[torch.Tensor]:
+        """k, v and, for fp8, their scales ks, vs: the layout of `layer(i)`, with a layer dim."""
+        return [self.k, self.v] + ([self.ks, self.vs] if self.fp8 else [])
 
     def window(self, start: int, length: int) -> tuple[int, int]:
         """(write slot, number of valid tokens after the write) for a block at token `start`."""
@@ -168,18 +217,26 @@ class RingCache:
         slot = start % self.capacity
         return slot, (self.capacity if start >= self.capacity else start + length)
 
-    def layer(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Layer i's (k, v) ring, [batch, capacity, heads, head_dim] views. Under autograd, fresh
-        views: writing into one of unbind's shared views is refused there."""
-        return self._layers[i] if not torch.is_grad_enabled() else (self.k[i], self.v[i])
+    def layer(self, i: int) -> tuple[torch.Tensor, ...]:
+        """Layer i's (k, v) ring, [batch, capacity, heads, head_dim] views; fp8: (k, v, ks, vs)
+        with the scales [batch, capacity, heads]. Under autograd, fresh views: writing into one
+        of unbind's shared views is refused there."""
+        return self._layers[i] if not torch.is_grad_enabled() else tuple(t[i] for t in self.tensors())
 
     def rotate(self, cos: torch.Tensor, sin: torch.Tensor, ops) -> None:
         """Re-rotate every stored key by one more RoPE angle (cos/sin: [1, head_dim/2], the same
-        for all tokens): used to rebase time positions, R(p - P) = R(-P) R(p)."""
+        for all tokens): used to rebase time positions, R(p - P) = R(-P) R(p). fp8: the keys
+        are dequantized, rotated in the compute dtype and quantized again (a rare event)."""
         L, B, N, H, D = self.k.shape
         cos, sin = cos.to(self.k.device), sin.to(self.k.device)
-        flat = self.k.reshape(L * B, N, H, D)
-        self.k.copy_(ops.rope_apply(flat, cos.expand(N, -1), sin.expand(N, -1)).reshape(self.k.shape))
+        keys = dequantize_kv(self.k, self.ks, self.dtype) if self.fp8 else self.k
+        rot = ops.rope_apply(keys.reshape(L * B, N, H, D), cos.expand(N, -1), sin.expand(N, -1)).reshape(self.k.shape)
+        if self.fp8:
+            k8, ks = quantize_kv(rot)
+            self.k.copy_(k8)
+            self.ks.copy_(ks)
+        else:
+            self.k.copy_(rot)
 
     def plan(self, start: int, q_rope: tuple[torch.Tensor, torch.Tensor],
              cond_rope: tuple[torch.Tensor, torch.Tensor]) -> BlockPlan:

@@ -81,7 +81,7 @@ def open_stepper(pipe, spec: SessionSpec, steps: list[int] | None = None) -> Blo
     """A stepper for the session's denoising steps `steps` (None: all), text set and the
     conditioning prefilled: how every executor (and every ring rank) starts a session."""
     st = BlockStepper(pipe.model, pipe.stream, spec.latent_hw, steps=steps, positions=spec.positions,
-                      offsets=spec.sink_offsets(pipe.stream))
+                      offsets=spec.sink_offsets(pipe.stream), kv_dtype=pipe.kv_dtype)
     st.set_text(spec.text)
     st.prefill(spec.ref_latent, spec.motion)
     return st

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from ..cache import BlockPlan, CondCache
+from ..cache import BlockPlan
 from .sampler import euler_step
 
 
@@ -60,8 +60,7 @@ class StepGraph:
         B, _, Fr = x.shape[:3]
         # held, not only addressed: the graph reads them, so they must outlive it
         self.text_kv = stepper.text_kv
-        self.cond = CondCache(len(stepper.cond.k))
-        self.cond.k, self.cond.v = list(stepper.cond.k), list(stepper.cond.v)
+        self.cond = stepper.cond.alias()
         self.x, self.cond_states = torch.empty_like(x), torch.empty_like(cond_states)
         self.tokens, self.glob = (torch.empty_like(a) for a in audio)
         self.plan = BlockPlan.empty_like(plan)
@@ -136,7 +135,7 @@ class StepGraphs:
     @staticmethod
     def _key(st, x: torch.Tensor, audio, cond_states: torch.Tensor) -> tuple:
         return (*((tuple(t.shape), t.dtype) for t in (x, cond_states, *audio)),
-                id(st.text_kv), tuple(map(id, st.cond.k)), tuple(map(id, st.cond.v)))
+                id(st.text_kv), tuple(map(id, st.cond.tensors())))
 
     def run(self, st, step: int, x: torch.Tensor, plan: BlockPlan, audio, cond_states: torch.Tensor,
             keep_v: bool = False) -> tuple[torch.Tensor | None, torch.Tensor]:

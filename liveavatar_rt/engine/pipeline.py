@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import AUDIO_RATE, StreamConfig, from_name
+from ..config import AUDIO_RATE, KV_CACHE_DTYPES, StreamConfig, check_kv_cache_dtype, from_name
 from ..envvars import tiny_random
 from ..model import CausalWanS2V
 from ..io.checkpoint import FP8_FILE
@@ -125,6 +125,7 @@ class Pipeline:
         self.conditioning_cache = ConditioningCache(size=4)
         self._ring = None  # parallel.front.FrontRing when the layout is a TPP ring
         self._decoder = vae  # what decodes the video: the VAE, or a TAEHV (from_pretrained(decoder=...))
+        self._kv_cache_dtype = None  # None: K/V caches in the compute dtype; "fp8" (from_pretrained)
 
     @property
     def stream(self) -> StreamConfig:
@@ -152,6 +153,17 @@ class Pipeline:
         return torch.float32 if self.precision == "fp8" else self.dtype
 
     @property
+    def kv_cache_dtype(self) -> str | None:
+        """None (the ring and conditioning K/V in the compute dtype, as published) or "fp8"
+        (E4M3 with per-token, per-head scales; cache/kv.py): fixed at load."""
+        return self._kv_cache_dtype
+
+    @property
+    def kv_dtype(self) -> torch.dtype | None:
+        """The torch storage dtype of the K/V caches: None (the compute dtype) or E4M3."""
+        return None if self._kv_cache_dtype is None else KV_CACHE_DTYPES[self._kv_cache_dtype]
+
+    @property
     def max_area(self) -> int:
         """Generation area in pixels (the output size follows the image's aspect): fixed at load."""
         return self._max_area
@@ -176,7 +188,8 @@ class Pipeline:
                         dtype: torch.dtype = torch.bfloat16, seed: int = 0, force_provider=None,
                         quiet: bool = False, *, layout: str = "1", stream: StreamConfig | None = None,
                         max_area: int | None = None, ring=None, precision: str = "bf16",
-                        decoder: str | os.PathLike | None = None) -> "Pipeline":
+                        decoder: str | os.PathLike | None = None,
+                        kv_cache_dtype: str | None = None) -> "Pipeline":
         """Load a model: 'tiny' (packaged weights, or seeded random ones until trained weights
         ship), a tiny single-file model (`*.safetensors` written by
         `liveavatar_rt.io.tiny.save_tiny`, e.g. a candidate from recipes/tiny/train/export.py
@@ -196,11 +209,14 @@ class Pipeline:
         `liveavatar_rt_fp8.safetensors` (`liveavatar-rt quantize`) loads that file for fp8.
         decoder: None (the model's VAE decodes) or a TAEHV-layout weights file (.pth /
         .safetensors, e.g. madebyollin/taehv's taew2_1.pth for the Wan 2.1 latents of the 14B):
-        a tiny streaming decoder of the same latent space, ~20x less work than the VAE."""
+        a tiny streaming decoder of the same latent space, ~20x less work than the VAE.
+        kv_cache_dtype: None (the K/V caches in the compute dtype, as published) or "fp8" (E4M3
+        with one fp32 scale per token and head: ~half the cache memory of bf16; cache/kv.py)."""
         check_precision(precision, dtype)
+        check_kv_cache_dtype(kv_cache_dtype)
         load = dict(name_or_path=name_or_path, device=device, dtype=dtype, seed=seed, force_provider=force_provider,
                     stream=stream, max_area=max_area, precision=precision,
-                    decoder=None if decoder is None else str(decoder))
+                    decoder=None if decoder is None else str(decoder), kv_cache_dtype=kv_cache_dtype)
         if _is_single(layout):
             if ring is not None:
                 raise ValueError("ring options need a TPP layout ('4+1', '2+1', '2', ...), not layout '1'")
@@ -231,6 +247,7 @@ class Pipeline:
             to_fp8(pipe.model)
         if load.get("decoder"):
             pipe._decoder = load_decoder(load["decoder"], pipe.vae, dtype, device)
+        pipe._kv_cache_dtype = load.get("kv_cache_dtype")
         return pipe
 
     @classmethod

@@ -29,7 +29,7 @@ from .sampler import euler_step, flow_schedule
 class BlockStepper:
     def __init__(self, model: CausalWanS2V, stream: StreamConfig, latent_hw: tuple[int, int],
                  steps: list[int] | None = None, offsets: SinkOffsets | None = None, batch: int = 1,
-                 positions: PositionPolicy | None = None):
+                 positions: PositionPolicy | None = None, kv_dtype: torch.dtype | None = None):
         cfg = model.cfg
         self.model, self.stream, self.cfg = model, stream, cfg
         self.h, self.w = latent_hw
@@ -41,9 +41,10 @@ class BlockStepper:
         self.offsets = offsets or SinkOffsets(low=stream.sink_offset_range[0], high=stream.sink_offset_range[1])
         ops = model.ops
         cap = stream.cache_frames * self.tokens_per_frame
-        self.cond = CondCache(cfg.num_layers)
-        self.rings = {i: RingCache(cfg.num_layers, batch, cap, cfg.num_heads, cfg.head_dim, ops.dtype, ops.device)
-                      for i in self.steps}
+        # kv_dtype: None (K/V in the compute dtype, as published) or E4M3 (cache/kv.py)
+        self.cond = CondCache(cfg.num_layers, kv_dtype)
+        self.rings = {i: RingCache(cfg.num_layers, batch, cap, cfg.num_heads, cfg.head_dim, ops.dtype, ops.device,
+                                   kv_dtype) for i in self.steps}
         self.text_kv = None
         self.positions = positions or PositionPolicy()
         self._rebased = {i: 0 for i in self.steps}  # periods already subtracted, per step cache

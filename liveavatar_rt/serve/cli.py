@@ -9,7 +9,8 @@ import argparse
 import sys
 
 from .. import envvars
-from ..config import DTYPES, PRECISIONS
+from ..cli_args import add_numerics_args, kv_cache_dtype
+from ..config import DTYPES
 from .config import MiB, ServeConfig
 
 
@@ -55,7 +56,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     p.add_argument("--decoder", default=None, help="TAEHV-layout decoder weights (.pth/.safetensors, e.g. taew2_1.pth for the 14B) "
                    "instead of the VAE's decoder")
-    p.add_argument("--precision", choices=list(PRECISIONS), default="bf16", help="linear layers: bf16, or fp8 (the published --fp8: E4M3 weights + activations)")
+    add_numerics_args(p)
     p.add_argument("--no-warmup", action="store_true",
                    help="skip rendering one block at start-up (it keeps one-time costs out of the first TTFF)")
     p.add_argument("--log-level", default="info")
@@ -90,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"liveavatar-rt serve: loading {args.model}" + (f" on a TPP ring {args.tpp}" if args.tpp else ""),
           file=sys.stderr)
     engine = Engine.load(args.model, tpp=args.tpp, seed=args.seed, dtype=args.dtype,
-                         precision=args.precision, decoder=args.decoder)
+                         precision=args.precision, decoder=args.decoder,
+                         kv_cache_dtype=kv_cache_dtype(args))
     if engine.note:
         print(f"note: {engine.note}", file=sys.stderr)
     if not args.no_warmup:

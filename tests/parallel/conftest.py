@@ -79,7 +79,7 @@ def reference_run(pipe, seed: int, seconds: float = 2.2):
 @pytest.fixture(scope="session")
 def single_process():
     """References of the single-process engine, {(dtype, seed): (frames, latents)}, lazily;
-    dtype "fp8" is bf16 with precision="fp8"."""
+    dtype "fp8" is bf16 with precision="fp8", "kvfp8" bf16 with kv_cache_dtype="fp8"."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # results are thread-count independent; 1 is fastest on 2 shared cores
     pipes, cache = {}, {}
@@ -87,8 +87,10 @@ def single_process():
     def get(dtype: str, seed: int):
         if (dtype, seed) not in cache:
             if dtype not in pipes:
-                p = Pipeline.from_pretrained("tiny", seed=0, quiet=True, dtype=DTYPES["bf16" if dtype == "fp8" else dtype],
-                                             max_area=64 * 64, precision="fp8" if dtype == "fp8" else "bf16")
+                p = Pipeline.from_pretrained("tiny", seed=0, quiet=True,
+                                             dtype=DTYPES["bf16" if dtype in ("fp8", "kvfp8") else dtype],
+                                             max_area=64 * 64, precision="fp8" if dtype == "fp8" else "bf16",
+                                             kv_cache_dtype="fp8" if dtype == "kvfp8" else None)
                 pipes[dtype] = p
             cache[dtype, seed] = reference_run(pipes[dtype], seed)
         return cache[dtype, seed]

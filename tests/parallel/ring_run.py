@@ -60,6 +60,7 @@ def main() -> None:
     p.add_argument("--seeds", default="3")
     p.add_argument("--dtype", default="bf16")
     p.add_argument("--precision", default="bf16")
+    p.add_argument("--kv-cache", default=None)
     p.add_argument("--decoder", default=None)
     p.add_argument("--timeout", type=float, default=20.0)
     p.add_argument("--cancel-first-after", type=int, default=-1)
@@ -85,7 +86,7 @@ def main() -> None:
     t0 = time.monotonic()
     pipe = Pipeline.from_pretrained(a.model, seed=0, dtype=DTYPES[a.dtype], max_area=64 * 64, quiet=True,
                                     layout=a.layout, ring=RingOptions(timeout=a.timeout, start_method=a.start_method),
-                                    precision=a.precision, decoder=a.decoder)
+                                    precision=a.precision, decoder=a.decoder, kv_cache_dtype=a.kv_cache)
     ring = pipe.ring
     info["pids"] = {r: pr.pid for r, pr in ring.procs.items()}
     info["ring_up_s"] = time.monotonic() - t0

@@ -57,6 +57,15 @@ def test_fp8_linears_on_2_dit_ranks_plus_vae(tmp_path, single_process):
     assert not np.array_equal(arrays["latents_0"], bf16_latents), "fp8 run equals bf16: fp8 was not applied"
 
 
+def test_fp8_kv_cache_on_the_last_dit_rank(tmp_path, single_process):
+    """kv_cache_dtype='fp8' reaches every rank: layout '2' (rank 1 runs steps 2, 3 and the VAE)
+    == one process with the fp8 cache, which is not the bf16 cache's result."""
+    info, arrays, _, _ = run_ring(tmp_path, "2", "--kv-cache", "fp8")
+    assert_identical(info, arrays, single_process, "kvfp8", [3])
+    _, bf16_latents = single_process("bf16", 3)
+    assert not np.array_equal(arrays["latents_0"], bf16_latents), "fp8 cache equals bf16: it was not applied"
+
+
 def test_a_dit_rank_that_dies_ends_every_rank_with_a_clear_error(tmp_path):
     """Rank 2 (step 2 of 4+1) exits after block 2: the front raises at once (its connection to
     rank 2 closes), aborts the others, and every process of the ring is gone."""
