@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layout", default="4+1", help="'1' (one process), 'R+1' (R DiT ranks + a VAE rank) or 'R'")
     p.add_argument("--precision", choices=list(PRECISIONS), default="bf16", help="DiT linear layers")
     p.add_argument("--kv-cache", choices=list(KV_CACHES), default="bf16",
-                   help="KV cache storage; fp8 is modelled (the runtime keeps bf16)")
+                   help="K/V cache storage: bf16, or fp8 (E4M3 + per-token scales; the runtime's --kv-cache fp8)")
     p.add_argument("--size", default=None, help="HEIGHTxWIDTH pixels, multiples of 64 (default: the model's)")
     p.add_argument("--gpu-mem", type=float, default=None, help="GiB per GPU: adds a fits column")
     p.add_argument("--cuda-graphs", choices=("on", "off"), default="on",
@@ -34,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def format_plan(plan: dict) -> str:
     h, w = plan["size"]
-    kv = plan["kv_cache"] + (" (modelled)" if plan["kv_cache_modelled"] else "")
+    kv = plan["kv_cache"]
     lines = [f"model {plan['model']}  layout {plan['layout']}  {h}x{w}  weights {plan['precision']}  kv {kv}  "
              f"cuda graphs {'on' if plan['cuda_graphs'] else 'off'}  text encoder on {plan['text_encoder']}",
              "GiB per rank:"]

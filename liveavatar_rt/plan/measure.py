@@ -20,16 +20,17 @@ from ..engine.stepper import BlockStepper
 from ..model import CausalWanS2V
 from ..model.fp8 import Fp8Linear
 from ..model.vae import WanVAE
-from ..ops.fp8_linear import E4M3
+from ..ops.kv_fp8 import E4M3, quantize_kv
 from .models import module_bytes, storage_bytes
 from .tracker import LiveBytes
 
 
 @dataclass(frozen=True)
 class DitFigures:
-    """Bytes: weights (the whole generator); ring, ring_fp8: ONE step's RingCache (bf16 as the
-    runtime allocates it; E4M3 + fp32 per-token-per-head scales, modelled); cond, cond_fp8: the
-    conditioning cache, shared by a rank's steps; text_kv: the cross-attention K/V a stepper
+    """Bytes: weights (the whole generator); ring, ring_fp8: ONE step's RingCache as the runtime
+    allocates it (compute dtype; kv_cache_dtype="fp8": E4M3 + fp32 per-token-per-head scales);
+    cond, cond_fp8: the conditioning cache (as stored / as CondCache quantizes it), shared by a
+    rank's steps; text_kv: the cross-attention K/V a stepper
     keeps per session; step_peak: most bytes alive during one step (forward + Euler update)
     above the weights/caches/inputs; prefill_peak: the same for the conditioning prefill
     (it includes the conditioning cache it writes)."""
@@ -51,18 +52,15 @@ def latent_dtype(model: CausalWanS2V) -> torch.dtype:
 
 
 def fp8_kv_bytes(t: torch.Tensor) -> int:
-    """A K or V tensor [..., H, D] held as E4M3 plus one fp32 scale per token per head
-    (modelled: the runtime keeps K/V in the compute dtype)."""
-    vals = torch.empty(t.shape, dtype=E4M3, device="meta")
-    scales = torch.empty(t.shape[:-1], dtype=torch.float32, device="meta")
-    return storage_bytes(vals, scales)
+    """A K or V tensor [..., H, D] as the fp8 CondCache stores it: `quantize_kv`'s outputs (E4M3
+    codes + one fp32 scale per token per head), computed on the meta device."""
+    return storage_bytes(*quantize_kv(torch.empty(t.shape, dtype=t.dtype, device="meta")))
 
 
 def fp8_ring_bytes(ring: RingCache) -> int:
-    """`ring` re-allocated by RingCache itself with E4M3 storage, plus its per-token scales."""
+    """`ring`'s shape allocated by RingCache itself with kv_dtype=E4M3 (codes + scales)."""
     L, B, cap, H, D = ring.k.shape
-    r8 = RingCache(L, B, cap, H, D, E4M3, "meta")
-    return fp8_kv_bytes(r8.k) + fp8_kv_bytes(r8.v)
+    return storage_bytes(*RingCache(L, B, cap, H, D, ring.dtype, "meta", kv_dtype=E4M3).tensors())
 
 
 @torch.no_grad()

@@ -1,8 +1,7 @@
 """What the planner sizes: the named models, the frame size, and their modules built on meta.
 
-`tiny` and `s2v-14b` are config.py's presets; `medium` is a planner-only size between them
-(tests use it to check that the plan scales; it is not a runtime preset). Every module is built
-as the runtime builds it, on the meta device, with the dtypes the loaders give its parameters,
+`tiny`, `medium` (the random-weights benchmark size) and `s2v-14b` are config.py's presets;
+tests use `medium` to check that the plan scales. Every module is built as the runtime builds it, on the meta device, with the dtypes the loaders give its parameters,
 so its bytes are the real module's bytes without allocating them.
 """
 from __future__ import annotations
@@ -20,7 +19,7 @@ from ..model.vae import VAEConfig, WanVAE
 from ..ops import OpTable
 from ..ops.fp8_linear import E4M3
 
-MEDIUM = ModelConfig(dim=512, ffn_dim=1536, num_heads=4, num_layers=8, audio_inject_layers=(0, 4))
+MEDIUM = PRESETS["medium"]
 
 
 @dataclass(frozen=True)

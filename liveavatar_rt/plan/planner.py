@@ -60,12 +60,12 @@ def make_plan(model: str, layout: str, precision: str = "bf16", kv_cache: str = 
              "activations: traced peak of one step on the meta device (fused attention / fp8 GEMM "
              f"as their GPU kernels' outputs), x{'owned steps (one CUDA graph pool each)' if cuda_graphs else '1'}"]
     if kv_cache == "fp8":
-        notes.append("kv fp8 is MODELLED (E4M3 + one fp32 scale per token per head): the runtime keeps K/V in bf16")
+        notes.append("kv fp8: E4M3 + one fp32 scale per token per head, as kv_cache_dtype='fp8' allocates it")
     if enc.get("wav2vec2") == 0:
         notes.append("wav2vec2 not counted: the optional package transformers is not installed")
     return {
         "model": model, "layout": str(layout), "precision": precision, "kv_cache": kv_cache,
-        "kv_cache_modelled": kv_cache == "fp8", "size": list(hw), "gpu_mem_gib": gpu_mem,
+        "size": list(hw), "gpu_mem_gib": gpu_mem,
         "cuda_graphs": cuda_graphs, "text_encoder": text_encoder,
         "margin": {"allocator_fraction": ALLOCATOR_MARGIN, "context_gib": CONTEXT_GIB},
         "figures": {"dit": asdict(dit), "vae": asdict(vae), "encoders": enc},

@@ -45,7 +45,7 @@ def real_model(name: str, precision: str, ops: OpTable) -> CausalWanS2V:
 
 
 @torch.no_grad()
-def measure(name: str, precision: str = "bf16") -> dict[str, int]:
+def measure(name: str, precision: str = "bf16", kv_dtype=None) -> dict[str, int]:
     """Bytes measured on CPU for layout '1' (all 4 steps, VAE and front on one rank)."""
     spec, stream = model_spec(name), StreamConfig()
     H, W = spec.size
@@ -53,13 +53,13 @@ def measure(name: str, precision: str = "bf16") -> dict[str, int]:
     model = real_model(name, precision, OpTable("cpu", DT))
     out = {"dit": _nbytes(model.parameters())}
     cfg = model.cfg
-    stepper = BlockStepper(model, stream, (h, w))  # the runtime's own op table
+    stepper = BlockStepper(model, stream, (h, w), kv_dtype=kv_dtype)  # the runtime's own op table
     stepper.set_text(torch.randn(cfg.text_len, cfg.text_dim, dtype=DT))
     ref = torch.randn(1, 16, 1, h, w, dtype=DT)
     motion = torch.randn(1, 16, stream.motion_latent_frames, h, w, dtype=DT)
     stepper.prefill(ref, motion)
-    rings = [t for r in stepper.rings.values() for t in (r.k, r.v)]
-    cond = [*stepper.cond.k, *stepper.cond.v]
+    rings = [t for r in stepper.rings.values() for t in r.tensors()]
+    cond = stepper.cond.tensors()
     text = [t for kv in stepper.text_kv for t in kv]
     out.update(rings=_nbytes(rings), cond=_nbytes(cond), kv=_nbytes(rings + cond + text))
 
@@ -152,10 +152,17 @@ def test_fp8_weights_about_half_of_bf16():
     assert make_plan("tiny", "1", "fp8")["ranks"][0]["dit"] < make_plan("tiny", "1")["ranks"][0]["dit"]
 
 
-def test_fp8_kv_is_modelled_and_smaller():
+def test_fp8_kv_cache_is_smaller_and_planned_as_allocated():
     bf = make_plan("s2v-14b", "4+1", "fp8", "bf16")["ranks"][1]["kv"]
     f8 = make_plan("s2v-14b", "4+1", "fp8", "fp8")
-    assert f8["kv_cache_modelled"] and 0.5 < f8["ranks"][1]["kv"] / bf < 0.56  # 1 B + 4 B / head_dim 128
+    assert 0.5 < f8["ranks"][1]["kv"] / bf < 0.56  # 1 B + 4 B / head_dim 128
+    # the planned caches are what a real kv_cache_dtype="fp8" stepper holds on CPU
+    from liveavatar_rt.ops.kv_fp8 import E4M3
+
+    got = measure("tiny", kv_dtype=E4M3)
+    plan = make_plan("tiny", "1", kv_cache="fp8", cuda_graphs=False)["ranks"][0]
+    assert close(plan["kv"], got["kv"], 0.01), (plan["kv"], got["kv"])
+    assert got["rings"] < 0.7 * measure("tiny")["rings"]
 
 
 def test_cli_prints_14b_table(capsys, tmp_path):
@@ -163,7 +170,7 @@ def test_cli_prints_14b_table(capsys, tmp_path):
     rc = main(["plan", "--model", "s2v-14b", "--layout", "4+1", "--precision", "fp8", "--kv-cache", "fp8",
                "--size", "384x704", "--gpu-mem", "32", "--json", str(out)])
     text = capsys.readouterr().out
-    assert rc == 0 and "fits 32 GiB" in text and "modelled" in text
+    assert rc == 0 and "fits 32 GiB" in text and "kv fp8" in text
     rows = [ln.split() for ln in text.splitlines() if ln.strip()[:1].isdigit()]
     assert [r[0] for r in rows] == ["0", "1", "2", "3", "4"]
     assert all(r[-1] in ("yes", "NO") for r in rows)

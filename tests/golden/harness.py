@@ -17,6 +17,7 @@ from liveavatar_rt.config import StreamConfig
 from liveavatar_rt.engine import BlockStepper, SinkOffsets
 from liveavatar_rt.io import load_dit, published_config, read_safetensors
 from liveavatar_rt.ops import OpTable
+from liveavatar_rt.ops.kv_fp8 import dequantize_kv
 from tests.tolerances import rel_err
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,8 +62,11 @@ def settings(golden: Path = GOLDEN_DIR) -> dict:
 
 
 def run(variant: str, golden: Path = GOLDEN_DIR, blocks: int | None = None, force=None,
-        lora_scale: float | None = None, cfg_override: dict | None = None, precision: str | None = None) -> GoldenRun:
-    """precision: override the variant's (e.g. run bf16 weights against the fp8 outputs)."""
+        lora_scale: float | None = None, cfg_override: dict | None = None, precision: str | None = None,
+        kv_dtype: torch.dtype | None = None) -> GoldenRun:
+    """precision: override the variant's (e.g. run bf16 weights against the fp8 outputs);
+    kv_dtype: the caches' storage (E4M3: the fp8 KV cache; the cache tensors returned are then
+    dequantized to the compute dtype)."""
     conf = settings(golden)
     p = conf["pipeline"]
     dtype = DTYPES[variant]
@@ -78,7 +82,8 @@ def run(variant: str, golden: Path = GOLDEN_DIR, blocks: int | None = None, forc
                           cache_frames=p["kv_cache_size_latent_frames"], sampling_steps=p["sampling_steps"],
                           motion_frames=p["motion_frames_pixel"], motion_latent_frames=p["motion_frames_latent"],
                           audio_prefix_frames=p["motion_frames_pixel"])
-    st = BlockStepper(model, stream, tuple(p["latent_size_hw"]), offsets=SinkOffsets(fixed=p["sink_relative_dist_forced"]))
+    st = BlockStepper(model, stream, tuple(p["latent_size_hw"]), offsets=SinkOffsets(fixed=p["sink_relative_dist_forced"]),
+                      kv_dtype=kv_dtype)
     inp = read_safetensors(golden / "inputs.safetensors")
     st.set_text(inp["text_context"].to(dtype))
     st.prefill(inp["ref_latent"].to(dtype), inp["motion_latents"].to(dtype))
@@ -96,8 +101,18 @@ def run(variant: str, golden: Path = GOLDEN_DIR, blocks: int | None = None, forc
         vel.append(torch.stack([v[0] for v, _ in trace]))
         lat.append(torch.stack([x[0] for _, x in trace]))
         if b == 5:
-            ring = (st.rings[0].k[0].clone(), st.rings[0].v[0].clone())
-    return GoldenRun(torch.stack(vel), torch.stack(lat), st.cond.k[0], st.cond.v[0], audio, *ring)
+            ring = _stored(st.rings[0].layer(0), dtype)
+    return GoldenRun(torch.stack(vel), torch.stack(lat), *_stored((st.cond.k[0], st.cond.v[0], st.cond.ks[0],
+                                                                   st.cond.vs[0]), dtype), audio, *ring)
+
+
+def _stored(kv: tuple, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(k, v) of a cache layer as the compute dtype sees them: (k, v, None, None) as they are,
+    fp8 (k8, v8, k scales, v scales) dequantized."""
+    k, v, ks, vs = (*kv, None, None)[:4]
+    if ks is None:
+        return k.clone(), v.clone()
+    return dequantize_kv(k, ks, dtype), dequantize_kv(v, vs, dtype)
 
 
 def expected(variant: str, golden: Path = GOLDEN_DIR) -> dict:
