@@ -126,6 +126,10 @@ PRESETS: dict[str, ModelConfig] = {
     "s2v-14b": ModelConfig(),
     "tiny": ModelConfig(dim=128, ffn_dim=256, num_heads=2, num_layers=3, text_len=16,
                         audio_dim=32, audio_inject_layers=(0, 2)),
+    # the 14B's head width (4 heads x 128) and FFN ratio at a CPU size; random weights only (a
+    # benchmark / planner size, engine/pipeline.py RANDOM_PRESETS); 128 log-mel bands as audio
+    "medium": ModelConfig(dim=512, ffn_dim=1536, num_heads=4, num_layers=8, audio_dim=128,
+                          audio_inject_layers=(0, 4)),
 }
 
 

@@ -1,6 +1,7 @@
 """`--compare`: the same session with reference ops everywhere, the speedup, and an output check.
 
-Three runs of the same config, seed, image and audio in this process:
+Three runs of the same config, seed, image and audio in this process (then two short profiled
+sessions, fast and reference, for the per-op shares of profile.py):
   fast      the best provider per op (what `bench` times)
   reference OpTable(force="ref"): every op is its plain-PyTorch reference (no fused providers)
   oracle    reference ops in fp32: the accuracy yardstick for the tolerance rule
@@ -75,5 +76,12 @@ def run_compare(cfg: BenchConfig) -> dict:
         "speedup": {"steady_e2e": result["fps"]["steady_e2e"] / ref_result["fps"]["steady_e2e"],
                     "denoise": _ratio(rs["denoise"], fs["denoise"]), "vae_decode": _ratio(rs["vae_decode"], fs["vae_decode"])},
         "match": match(fast_raw, ref_raw, oracle_raw, DTYPES[cfg.dtype]),
+        "op_shares": {name: profiled(c) for name, c in (("fast", cfg), ("reference", ref_cfg))},
     }
     return result
+
+
+def profiled(cfg: BenchConfig, blocks: int = 2) -> dict:
+    """Per-op shares of `blocks` steady blocks, in a short session of its own (profile.py)."""
+    short = dataclasses.replace(cfg, blocks=cfg.warmup + blocks, encode=False)
+    return run_session(short, profile=True)["op_shares"]

@@ -26,6 +26,7 @@ import torch
 
 from ..config import AUDIO_RATE, DTYPES
 from .flops import block_flops
+from .profile import op_shares, start_profiler
 from .memory import gpu_peak_mib, peak_rss_mib, reset_gpu_peak, rss_mib
 from .stats import summary
 
@@ -89,10 +90,11 @@ def _open(cfg: BenchConfig):
                                     kv_cache_dtype=cfg.kv_cache_dtype)
 
 
-def run_session(cfg: BenchConfig, keep_outputs: bool = False) -> dict:
+def run_session(cfg: BenchConfig, keep_outputs: bool = False, profile: bool = False) -> dict:
     """Load, stream `cfg.blocks` blocks, and return the raw measurements:
     {"load_s", "setup_s", "warm_ttff_s", "per_block": [timings dict per block], "frames": [n per block],
-     "hw": (H, W), "latent_hw", "note", "providers", "outputs": {"latents", "video"} if keep_outputs}."""
+     "hw": (H, W), "latent_hw", "note", "providers", "outputs": {"latents", "video"} if keep_outputs,
+     "op_shares" if profile: torch.profiler over the blocks after `cfg.warmup` (profile.op_shares)}."""
     reset_gpu_peak()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -116,7 +118,10 @@ def run_session(cfg: BenchConfig, keep_outputs: bool = False) -> dict:
 
                 writer = Mp4Writer(Path(tmp) / "bench.mp4", w, h, fps=pipe.stream.fps, sample_rate=AUDIO_RATE)
             blocks, pushed = sess.frames(), 0
+            prof = None
             for n in range(cfg.blocks):
+                if profile and n == cfg.warmup:
+                    prof = start_profiler()
                 tb = time.perf_counter()
                 while sess.audio.blocks_ready() <= n and pushed < len(pcm):
                     sess.push_audio(pcm[pushed:pushed + spb], AUDIO_RATE)
@@ -140,6 +145,8 @@ def run_session(cfg: BenchConfig, keep_outputs: bool = False) -> dict:
                     videos.append(block.video.copy())
             if writer is not None:
                 writer.close()
+            if prof is not None:
+                prof.stop()
     finally:
         pipe.close()
     out = {"load_s": load_s, "setup_s": setup_s, "warm_ttff_s": warm_ttff, "per_block": per_block,
@@ -150,6 +157,8 @@ def run_session(cfg: BenchConfig, keep_outputs: bool = False) -> dict:
            "memory": {"peak_rss_mib": peak_rss_mib(), "rss_end_mib": rss_mib(), "gpu_peak_mib": gpu_peak_mib()}}
     if keep_outputs:
         out["outputs"] = {"latents": latents, "video": np.concatenate(videos)}
+    if prof is not None:
+        out["op_shares"] = op_shares(prof, cfg.blocks - cfg.warmup)
     return out
 
 

@@ -40,6 +40,8 @@ COMPARE_SCHEMA = {
     "speedup": {"steady_e2e": NUM, "denoise": Nullable(NUM), "vae_decode": Nullable(NUM)},
     "match": {"ok": bool, "rule": str, "latent_max_abs": NUM, "latent_rel_l2": NUM, "ref_lowp_max_abs": NUM,
               "allowed_max_abs": NUM, "video_max_abs": int, "video_mean_abs": NUM, "blocks": int},
+    # profile.op_shares of the fast and the reference-ops run
+    "op_shares": {run: {"blocks": int, "self_ms_per_block": NUM, "ops": list} for run in ("fast", "reference")},
 }
 
 
@@ -130,4 +132,8 @@ def format_text(r: dict) -> str:
         lines.append(f"match     {'OK' if mt['ok'] else 'FAILED'}: latent max |diff| vs fp32 reference "
                      f"{mt['latent_max_abs']:.3g} <= {mt['allowed_max_abs']:.3g} allowed ({mt['rule']}); "
                      f"video max |diff| vs reference-ops video {mt['video_max_abs']} (mean {mt['video_mean_abs']:.3f})")
+        for run, sh in c["op_shares"].items():
+            lines.append(f"ops       {run}: self time {sh['self_ms_per_block']:.0f} ms per block (profiled, "
+                         f"{sh['blocks']} blocks): " + ", ".join(f"{o['op'].replace('liveavatar_rt::', 'lrt::')} "
+                                                                 f"{100 * o['share']:.0f} %" for o in sh["ops"][:8]))
     return "\n".join(lines)

@@ -48,6 +48,9 @@ PUBLISHED_FILES = {
 # The placeholder tiny default: the golden-fixture DiT sizes and a small Wan2.1-layout VAE.
 TINY_VAE = VAEConfig(dim=8)
 TINY_MAX_AREA = 128 * 128
+# Presets that only exist with seeded random weights: `medium` has the 14B's head width (4 x 128)
+# at a size this CPU runs, for kernel benchmarks (`liveavatar-rt bench --preset medium --compare`).
+RANDOM_PRESETS = ("medium",)
 PUBLISHED_MAX_AREA = 704 * 384
 
 
@@ -239,6 +242,8 @@ class Pipeline:
         opts = {"stream": load["stream"], "max_area": load["max_area"], "precision": load.get("precision", "bf16")}
         if str(name) == "tiny":
             pipe = cls._tiny(ops, device, dtype, load["seed"], quiet, opts)
+        elif str(name) in RANDOM_PRESETS:
+            pipe = cls._random(str(name), ops, device, dtype, load["seed"], quiet, opts, "a benchmark size, never trained")
         elif Path(name).is_file():
             pipe = cls._tiny_file(Path(name), ops, opts)  # a non-tiny file is named in the error
         else:
@@ -268,9 +273,15 @@ class Pipeline:
         ckpt = PACKAGED_WEIGHTS / "tiny.safetensors"
         if ckpt.is_file() and not tiny_random():
             return cls._tiny_file(ckpt, ops, opts)
-        model = init_random_(CausalWanS2V(from_name("tiny"), ops), seed=seed, device=device)
+        return cls._random("tiny", ops, device, dtype, seed, quiet, opts, "without trained weights")
+
+    @classmethod
+    def _random(cls, name: str, ops: OpTable, device: str, dtype: torch.dtype, seed: int, quiet: bool, opts: dict,
+                why: str) -> "Pipeline":
+        """Preset `name` with seeded random weights (the DiT, the tiny VAE, log-mel audio)."""
+        model = init_random_(CausalWanS2V(from_name(name), ops), seed=seed, device=device)
         vae = WanVAE(TINY_VAE, dtype=dtype, device=device, ops=ops).init_random_(seed)
-        note = ("model 'tiny' without trained weights: using seeded random weights "
+        note = (f"model {name!r} ({why}): using seeded random weights "
                 f"(seed {seed}); the video shows noise, not a face")
         if not quiet:
             print(f"liveavatar_rt: {note}", file=sys.stderr)

@@ -88,6 +88,22 @@ def test_compare_matches_reference_ops(tmp_path, small_image):
     assert set(r["compare"]["reference"]["providers"].values()) == {"ref"}
     assert m["latent_max_abs"] <= m["allowed_max_abs"]
     assert r["stages"]["video_encode"] is None  # --no-encode: the stage is absent, not faked
+    # per-op shares: the fast run spends time in the fused rolling-attention op, the reference never
+    fast, ref = (r["compare"]["op_shares"][k]["ops"] for k in ("fast", "reference"))
+    assert abs(sum(o["share"] for o in fast) - 1) < 1e-6 and fast[0]["ms_per_block"] >= fast[1]["ms_per_block"]
+    names = lambda ops: {o["op"] for o in ops}  # noqa: E731
+    if r["hardware"]["providers"]["rolling_attention"] == "cpu":
+        assert "liveavatar_rt::rolling_attention" in names(fast)
+    assert not any(n.startswith("liveavatar_rt::") for n in names(ref))
+
+
+def test_medium_preset_is_random_and_the_14b_head_width():
+    from liveavatar_rt import Pipeline
+
+    pipe = Pipeline.from_pretrained("medium", quiet=True)
+    cfg = pipe.model.cfg
+    assert (cfg.dim, cfg.num_heads, cfg.head_dim, cfg.ffn_dim, cfg.num_layers) == (512, 4, 128, 1536, 8)
+    assert "random weights" in pipe.note
 
 
 def _raw(latents, video):
