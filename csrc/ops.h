@@ -58,6 +58,21 @@ int64_t rolling_attention_best_isa();
 at::Tensor rolling_attention_cpu_isa(const at::Tensor& q, const at::Tensor& ring_k, const at::Tensor& ring_v,
                                      int64_t valid, const at::Tensor& cond_k, const at::Tensor& cond_v,
                                      const at::Tensor& cond_cos, const at::Tensor& cond_sin, int64_t isa);
+// rolling_attention over an E4M3 cache, as liveavatar_rt/ops/kv_fp8.py::rolling_attention_fp8: ring_k,
+// ring_v [B, cap, H, D] and cond_k, cond_v [B, Lc, H, D] float8_e4m3fn with fp32 scales ring_ks,
+// ring_vs [B, cap, H] and cond_ks, cond_vs [B, Lc, H]; q fp32|bf16. Each row is dequantized to q's
+// dtype while gathered (fp32 product, one rounding): equal to rolling_attention_cpu on the dequantized
+// tensors bit for bit (at the same instruction-set level `isa`; -1: this CPU's best).
+at::Tensor rolling_attention_fp8_cpu(const at::Tensor& q, const at::Tensor& ring_k, const at::Tensor& ring_v,
+                                     const at::Tensor& ring_ks, const at::Tensor& ring_vs, int64_t valid,
+                                     const at::Tensor& cond_k, const at::Tensor& cond_v, const at::Tensor& cond_ks,
+                                     const at::Tensor& cond_vs, const at::Tensor& cond_cos,
+                                     const at::Tensor& cond_sin);
+at::Tensor rolling_attention_fp8_cpu_isa(const at::Tensor& q, const at::Tensor& ring_k, const at::Tensor& ring_v,
+                                         const at::Tensor& ring_ks, const at::Tensor& ring_vs, int64_t valid,
+                                         const at::Tensor& cond_k, const at::Tensor& cond_v,
+                                         const at::Tensor& cond_ks, const at::Tensor& cond_vs,
+                                         const at::Tensor& cond_cos, const at::Tensor& cond_sin, int64_t isa);
 
 // Fused q/k RMSNorm + RoPE (csrc/cpu/qk_norm_rope.cpp), as liveavatar_rt/ops/qk_norm_rope.py:
 // q, k [B, L, C] -> (q_rot, k_rot, k_normed) [B, L, H, D]; the out-variant may write k_rot into a ring slot.

@@ -49,6 +49,14 @@ TORCH_LIBRARY(liveavatar_rt, m) {
   // (other dims any stride); cond_cos/cond_sin: fp32 [Lc, D/2] -> [B, Lq, H, D] contiguous.
   m.def("rolling_attention(Tensor q, Tensor ring_k, Tensor ring_v, int valid, Tensor cond_k, Tensor cond_v, "
         "Tensor cond_cos, Tensor cond_sin) -> Tensor");
+  // rolling_attention over an FP8 KV cache, as liveavatar_rt/ops/kv_fp8.py::rolling_attention_fp8:
+  // ring_k/ring_v: [B, cap, H, D], cond_k/cond_v: [B, Lc, H, D], all float8_e4m3fn (E4M3 codes;
+  // contiguous last dim, other dims any stride), each row with one fp32 scale in ring_ks/ring_vs
+  // [B, cap, H] and cond_ks/cond_vs [B, Lc, H] (any strides). Every row is dequantized to q's dtype
+  // (fp32(code) * scale, one rounding), then exactly rolling_attention. q: [B, Lq, H, D] fp32|bf16
+  // (rotated), cond_cos/cond_sin: fp32 [Lc, D/2] -> [B, Lq, H, D] contiguous in q's dtype.
+  m.def("rolling_attention_fp8(Tensor q, Tensor ring_k, Tensor ring_v, Tensor ring_ks, Tensor ring_vs, int valid, "
+        "Tensor cond_k, Tensor cond_v, Tensor cond_ks, Tensor cond_vs, Tensor cond_cos, Tensor cond_sin) -> Tensor");
   // RMSNorm of q and k over C then RoPE per head, as liveavatar_rt/ops/qk_norm_rope.py.
   // q, k: [B, L, C] fp32|bf16, wq, wk: [C], cos/sin: fp32 [L, D/2], D = C / num_heads
   // -> (q_rot, k_rot, k_normed), each [B, L, H, D] contiguous in q's dtype.
@@ -70,6 +78,7 @@ TORCH_LIBRARY_IMPL(liveavatar_rt, CPU, m) {
   m.impl("layer_norm", &liveavatar_rt::layer_norm_cpu);
   m.impl("gelu_tanh", &liveavatar_rt::gelu_tanh_cpu);
   m.impl("rolling_attention", &liveavatar_rt::rolling_attention_cpu);
+  m.impl("rolling_attention_fp8", &liveavatar_rt::rolling_attention_fp8_cpu);
   m.impl("qk_norm_rope", &liveavatar_rt::qk_norm_rope_cpu);
   m.impl("qk_norm_rope_out", &liveavatar_rt::qk_norm_rope_out_cpu);
 }

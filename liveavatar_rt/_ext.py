@@ -64,6 +64,11 @@ def _register_fakes() -> None:
     def _rolling_attention_fake(q, ring_k, ring_v, valid, cond_k, cond_v, cond_cos, cond_sin):
         return torch.empty_like(q, memory_format=torch.contiguous_format)
 
+    @torch.library.register_fake("liveavatar_rt::rolling_attention_fp8")
+    def _rolling_attention_fp8_fake(q, ring_k, ring_v, ring_ks, ring_vs, valid, cond_k, cond_v, cond_ks, cond_vs,
+                                    cond_cos, cond_sin):
+        return torch.empty_like(q, memory_format=torch.contiguous_format)
+
     @torch.library.register_fake("liveavatar_rt::qk_norm_rope")
     def _qk_norm_rope_fake(q, k, wq, wk, eps, cos, sin, num_heads):
         B, L, C = q.shape

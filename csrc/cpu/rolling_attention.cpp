@@ -7,6 +7,12 @@
 // into two kTK-row buffers (its ring rows copied, its conditioning keys rotated there: float64
 // products rounded to fp32 then to the input dtype, exactly as rope_apply), so neither the
 // [ring ; cond] concatenation nor a rotated copy of the conditioning keys is ever built.
+//
+// rolling_attention_fp8 (liveavatar_rt/ops/kv_fp8.py) runs the same tasks over E4M3 K/V with one
+// fp32 scale per (batch, token, head): each row is dequantized as it is gathered (exact code ->
+// fp32 table, times its scale in one fp32 product, rounded once to q's dtype) into a scratch
+// row that then takes the bf16/fp32 path unchanged, so the result equals rolling_attention on
+// the dequantized tensors bit for bit, and no dequantized copy of the cache is ever built.
 #include "cpu/cpu_utils.h"
 #include "cpu/rolling_attention_kernels.h"
 
@@ -14,6 +20,8 @@
 #include <ATen/ops/empty.h>
 
 #include <algorithm>
+#include <array>
+#include <cmath>
 #include <cstdlib>
 #include <limits>
 #include <memory>
@@ -35,8 +43,17 @@ struct View4 {  // a [B, L, H, D] tensor with a contiguous last dim: element str
   }
 };
 
+struct View3 {  // a [B, L, H] fp32 scale tensor: element strides
+  const float* p;
+  int64_t sb, sl, sh;
+  float at(int64_t b, int64_t l, int64_t h) const { return p[b * sb + l * sl + h * sh]; }
+};
+
 struct RaArgs {
   View4 q, rk, rv, ck, cv;
+  bool fp8;                  // rk, rv, ck, cv hold E4M3 codes (bytes), scaled by rks, rvs, cks, cvs
+  View3 rks, rvs, cks, cvs;  // fp8 only
+  const float* e4m3;         // fp8 only: the 256-entry code -> fp32 table
   const float* cos;  // [Lc, D/2] contiguous
   const float* sin;
   void* out;  // contiguous [B, Lq, H, D]
@@ -63,10 +80,54 @@ int64_t query_tile(int64_t Lq) {
   return ((Lq + n - 1) / n + 15) / 16 * 16;
 }
 
-// Conditioning key c of (b, h) rotated at its sink position into dst (as T's values).
+// E4M3 code -> fp32, exactly, from the bit layout: sign, 4 exponent bits (bias 7), 3 mantissa
+// bits; exponent 0 is subnormal (m * 2^-9); S.1111.111 is NaN (no infinities).
+const float* e4m3_table() {
+  static const auto table = [] {
+    std::array<float, 256> t{};
+    for (int c = 0; c < 256; ++c) {
+      const int e = (c >> 3) & 15, m = c & 7;
+      float v = e == 0 ? std::ldexp(float(m), -9) : std::ldexp(float(8 + m), e - 10);
+      if ((c & 0x7F) == 0x7F) v = std::numeric_limits<float>::quiet_NaN();
+      t[c] = (c & 0x80) ? -v : v;
+    }
+    return t;
+  }();
+  return table.data();
+}
+
+// One E4M3 row times its scale (one fp32 product) rounded once to the output type, as
+// dequantize_kv (cloned per ISA so the table gathers and the bf16 rounding vectorise; without
+// __restrict__ the byte source may alias dst and GCC keeps the loop scalar).
+LIVEAVATAR_RT_ISA_CLONES
+void dequant_row_f32(const uint8_t* __restrict__ src, float scale, const float* __restrict__ table,
+                     float* __restrict__ dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = table[src[i]] * scale;
+}
+LIVEAVATAR_RT_ISA_CLONES
+void dequant_row_bf16(const uint8_t* __restrict__ src, float scale, const float* __restrict__ table,
+                      c10::BFloat16* __restrict__ dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) store_float(dst, i, table[src[i]] * scale);
+}
+inline void dequant_row(const uint8_t* s, float scale, const float* t, float* d, int64_t n) {
+  dequant_row_f32(s, scale, t, d, n);
+}
+inline void dequant_row(const uint8_t* s, float scale, const float* t, c10::BFloat16* d, int64_t n) {
+  dequant_row_bf16(s, scale, t, d, n);
+}
+
+// Row (b, l, h) of a K/V tensor as T values: the stored row itself, or for fp8 storage the row
+// dequantized into `scratch` ([D] of T).
+template <typename T>
+const T* kv_row(const RaArgs& a, const View4& x, const View3& s, int64_t b, int64_t l, int64_t h, T* scratch) {
+  if (!a.fp8) return x.row<T>(b, l, h);
+  dequant_row(x.row<uint8_t>(b, l, h), s.at(b, l, h), a.e4m3, scratch, a.D);
+  return scratch;
+}
+
+// Conditioning key c (its row `src`, as T's values) rotated at its sink position into dst.
 template <typename T, typename Out>
-void rotate_cond_key(const RaArgs& a, int64_t b, int64_t h, int64_t c, Out* dst) {
-  const T* src = a.ck.row<T>(b, c, h);
+void rotate_cond_key(const RaArgs& a, int64_t c, const T* src, Out* dst) {
   const float* cs = a.cos + c * (a.D / 2);
   const float* sn = a.sin + c * (a.D / 2);
   const T* tag = nullptr;
@@ -82,6 +143,15 @@ void rotate_cond_key(const RaArgs& a, int64_t b, int64_t h, int64_t c, Out* dst)
 template <typename T>
 inline void prefetch_row(const T* row, int64_t D) {
   for (int64_t i = 0; i < D * int64_t(sizeof(T)); i += 64) __builtin_prefetch(reinterpret_cast<const char*>(row) + i);
+}
+
+template <typename T>
+inline void prefetch_kv(const RaArgs& a, const View4& x, int64_t b, int64_t l, int64_t h) {
+  if (a.fp8) {
+    prefetch_row(x.row<uint8_t>(b, l, h), a.D);
+  } else {
+    prefetch_row(x.row<T>(b, l, h), a.D);
+  }
 }
 
 // bf16 -> fp32 rows (cloned per ISA so the conversion vectorises).
@@ -112,6 +182,8 @@ void run_tasks(const RaArgs& a, const RaKernels& kern, int64_t t0, int64_t t1) {
   const bool pv_pairs = kBf16 && kern.pv_pairs != nullptr;
   Scratch qt(Dp * TQp), st(kTK * TQp), o(TQp * Dp), m(TQp), l(TQp), kbuf(kTK * Dp), vbuf(kTK * Dp),
       pbuf(pv_pairs ? kTK / 2 * TQp : 1);
+  // fp8: the key row being gathered and two value rows (a key pair's), dequantized to T.
+  Scratch kdq(a.fp8 ? Dp : 1), vdq(a.fp8 ? 2 * Dp : 1);
   auto* vpairs = reinterpret_cast<uint32_t*>(vbuf.get());
   const uint16_t* vsrc[kTK];  // value rows of the key block (bf16 bits), paired two by two
   auto* ppairs = reinterpret_cast<uint32_t*>(pbuf.get());
@@ -142,22 +214,27 @@ void run_tasks(const RaArgs& a, const RaKernels& kern, int64_t t0, int64_t t1) {
       for (int64_t j = 0; j < nk; ++j) {
         const int64_t g = kb + j, ga = g + kAhead;
         if (ga < N) {
-          prefetch_row(ga < a.valid ? a.rk.row<T>(b, ga, h) : a.ck.row<T>(b, ga - a.valid, h), D);
-          prefetch_row(ga < a.valid ? a.rv.row<T>(b, ga, h) : a.cv.row<T>(b, ga - a.valid, h), D);
+          prefetch_kv<T>(a, ga < a.valid ? a.rk : a.ck, b, ga < a.valid ? ga : ga - a.valid, h);
+          prefetch_kv<T>(a, ga < a.valid ? a.rv : a.cv, b, ga < a.valid ? ga : ga - a.valid, h);
         }
+        const bool ring = g < a.valid;
+        const int64_t l = ring ? g : g - a.valid;  // row in the ring or in the conditioning cache
+        const T* k = kv_row<T>(a, ring ? a.rk : a.ck, ring ? a.rks : a.cks, b, l, h, reinterpret_cast<T*>(kdq.get()));
         float* kf = kbuf.get() + j * Dp;
         auto* kh = reinterpret_cast<c10::BFloat16*>(kf);
-        if (g < a.valid && keys_in_place) {  // copied: rows H * D apart cost TLB misses in the kernels
-          std::memcpy(kf, a.rk.row<T>(b, g, h), D * sizeof(T));
-        } else if (g < a.valid) {  // bf16 ring keys for an fp32 kernel
-          bf16_to_float(reinterpret_cast<const c10::BFloat16*>(a.rk.row<T>(b, g, h)), kf, D);
+        if (ring && keys_in_place) {  // copied: rows H * D apart cost TLB misses in the kernels
+          std::memcpy(kf, k, D * sizeof(T));
+        } else if (ring) {  // bf16 ring keys for an fp32 kernel
+          bf16_to_float(reinterpret_cast<const c10::BFloat16*>(k), kf, D);
         } else if (pairs) {
-          rotate_cond_key<T>(a, b, h, g - a.valid, kh);
+          rotate_cond_key<T>(a, l, k, kh);
         } else {
-          rotate_cond_key<T>(a, b, h, g - a.valid, kf);
+          rotate_cond_key<T>(a, l, k, kf);
         }
         krows[j] = kf;
-        const T* v = g < a.valid ? a.rv.row<T>(b, g, h) : a.cv.row<T>(b, g - a.valid, h);
+        // fp8: value rows alternate between two scratch rows, so a pair's even row is still there.
+        T* vscratch = reinterpret_cast<T*>(vdq.get() + (j % 2) * Dp);
+        const T* v = kv_row<T>(a, ring ? a.rv : a.cv, ring ? a.rvs : a.cvs, b, l, h, vscratch);
         float* vf = vbuf.get() + j * Dp;
         if (pv_pairs) {
           vsrc[j] = reinterpret_cast<const uint16_t*>(v);
@@ -188,20 +265,26 @@ void run_tasks(const RaArgs& a, const RaKernels& kern, int64_t t0, int64_t t1) {
 }
 
 View4 view4(const at::Tensor& t) { return View4{t.data_ptr(), t.stride(0), t.stride(1), t.stride(2)}; }
+View3 view3(const at::Tensor& t) { return View3{t.data_ptr<float>(), t.stride(0), t.stride(1), t.stride(2)}; }
 
 // Rows need a contiguous last dim (other strides are addressed directly); else a copy.
 at::Tensor rows_contiguous(const at::Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); }
 
-void check(const at::Tensor& q, const at::Tensor& rk, const at::Tensor& rv, int64_t valid, const at::Tensor& ck,
-           const at::Tensor& cv, const at::Tensor& cos, const at::Tensor& sin) {
-  const char* op = "liveavatar_rt::rolling_attention";
+// fp8: K/V must be E4M3 codes; else they must have q's dtype.
+void check(const char* op, const at::Tensor& q, const at::Tensor& rk, const at::Tensor& rv, int64_t valid,
+           const at::Tensor& ck, const at::Tensor& cv, const at::Tensor& cos, const at::Tensor& sin, bool fp8) {
   for (const at::Tensor* t : {&q, &rk, &rv, &ck, &cv, &cos, &sin})
     TORCH_CHECK(t->device().is_cpu(), op, " (CPU kernel): every input must be on CPU, got ", t->device());
   TORCH_CHECK(is_fp32_or_bf16(q.scalar_type()), op, ": q must be float32 or bfloat16, got ", q.scalar_type());
   TORCH_CHECK(q.dim() == 4, op, ": q must be [B, Lq, H, D], got ", q.sizes());
   for (const at::Tensor* t : {&rk, &rv, &ck, &cv}) {
-    TORCH_CHECK(t->scalar_type() == q.scalar_type(), op, ": k/v dtype ", t->scalar_type(), " != q dtype ",
-                q.scalar_type());
+    if (fp8) {
+      TORCH_CHECK(t->scalar_type() == at::kFloat8_e4m3fn, op, ": ring_k/ring_v/cond_k/cond_v must be ",
+                  "Float8_e4m3fn (E4M3 codes), got ", t->scalar_type());
+    } else {
+      TORCH_CHECK(t->scalar_type() == q.scalar_type(), op, ": k/v dtype ", t->scalar_type(), " != q dtype ",
+                  q.scalar_type());
+    }
     TORCH_CHECK(t->dim() == 4 && t->size(0) == q.size(0) && t->size(2) == q.size(2) && t->size(3) == q.size(3), op,
                 ": k/v must be [B, L, H, D] with q's B, H, D (", q.sizes(), "), got ", t->sizes());
   }
@@ -217,47 +300,95 @@ void check(const at::Tensor& q, const at::Tensor& rk, const at::Tensor& rv, int6
                 t->scalar_type(), " ", t->sizes());
 }
 
+// An fp8 scale tensor: fp32 [B, L, H] of its K/V [B, L, H, D] (any strides).
+void check_scale(const char* op, const char* name, const at::Tensor& s, const at::Tensor& x) {
+  TORCH_CHECK(s.device().is_cpu(), op, " (CPU kernel): every input must be on CPU, got ", s.device(), " for ", name);
+  TORCH_CHECK(s.scalar_type() == at::kFloat, op, ": ", name, " must be float32, got ", s.scalar_type());
+  TORCH_CHECK(s.dim() == 3 && s.sizes() == x.sizes().slice(0, 3), op, ": ", name, " must be [B, L, H] = ",
+              x.sizes().slice(0, 3), " (its K/V's), got ", s.sizes());
+}
+
+struct Fp8Scales {  // [B, L, H] fp32 each, checked
+  const at::Tensor &rks, &rvs, &cks, &cvs;
+};
+
+// Both ops after their checks; `scales` null: K/V in q's dtype, else E4M3 codes.
+at::Tensor run(const at::Tensor& q_in, const at::Tensor& ring_k, const at::Tensor& ring_v, int64_t valid,
+               const at::Tensor& cond_k, const at::Tensor& cond_v, const at::Tensor& cond_cos,
+               const at::Tensor& cond_sin, int64_t isa, const Fp8Scales* scales) {
+  const at::Tensor q = rows_contiguous(q_in), rk = rows_contiguous(ring_k), rv = rows_contiguous(ring_v);
+  const at::Tensor ck = rows_contiguous(cond_k), cv = rows_contiguous(cond_v);
+  const at::Tensor cs = cond_cos.contiguous(), sn = cond_sin.contiguous();
+  at::Tensor out = at::empty(q.sizes(), q.options().memory_format(at::MemoryFormat::Contiguous));
+  if (out.numel() == 0) return out;
+
+  RaArgs a{};
+  a.q = view4(q), a.rk = view4(rk), a.rv = view4(rv), a.ck = view4(ck), a.cv = view4(cv);
+  a.fp8 = scales != nullptr;
+  if (a.fp8) {
+    a.rks = view3(scales->rks), a.rvs = view3(scales->rvs), a.cks = view3(scales->cks), a.cvs = view3(scales->cvs);
+    a.e4m3 = e4m3_table();
+  }
+  a.cos = cs.data_ptr<float>(), a.sin = sn.data_ptr<float>(), a.out = out.data_ptr();
+  a.Lq = q.size(1), a.H = q.size(2), a.D = q.size(3), a.Dp = (a.D + 15) / 16 * 16;
+  a.valid = valid, a.Lc = ck.size(1);
+  a.TQ = query_tile(a.Lq), a.n_qt = (a.Lq + a.TQ - 1) / a.TQ;
+  a.scale_log2e = static_cast<float>(1.4426950408889634 / std::sqrt(static_cast<double>(a.D)));
+  const bool bf16 = q.scalar_type() == at::kBFloat16;
+  const int best = ra_best_isa();
+  int level = isa < 0 || isa > best ? best : static_cast<int>(isa);
+  if (!bf16 && level == kIsaAvx512Bf16) level = kIsaAvx512;  // bf16 dot products: bf16 inputs only
+  const RaKernels& kern = ra_kernels(level);
+  at::parallel_for(0, q.size(0) * a.H * a.n_qt, 1, [&](int64_t t0, int64_t t1) {
+    if (bf16) {
+      run_tasks<c10::BFloat16>(a, kern, t0, t1);
+    } else {
+      run_tasks<float>(a, kern, t0, t1);
+    }
+  });
+  return out;
+}
+
 }  // namespace
 }  // namespace cpu
 
 int64_t rolling_attention_best_isa() { return cpu::ra_best_isa(); }
 
-at::Tensor rolling_attention_cpu_isa(const at::Tensor& q_in, const at::Tensor& ring_k, const at::Tensor& ring_v,
+at::Tensor rolling_attention_cpu_isa(const at::Tensor& q, const at::Tensor& ring_k, const at::Tensor& ring_v,
                                      int64_t valid, const at::Tensor& cond_k, const at::Tensor& cond_v,
                                      const at::Tensor& cond_cos, const at::Tensor& cond_sin, int64_t isa) {
-  cpu::check(q_in, ring_k, ring_v, valid, cond_k, cond_v, cond_cos, cond_sin);
-  const at::Tensor q = cpu::rows_contiguous(q_in), rk = cpu::rows_contiguous(ring_k), rv = cpu::rows_contiguous(ring_v);
-  const at::Tensor ck = cpu::rows_contiguous(cond_k), cv = cpu::rows_contiguous(cond_v);
-  const at::Tensor cs = cond_cos.contiguous(), sn = cond_sin.contiguous();
-  at::Tensor out = at::empty(q.sizes(), q.options().memory_format(at::MemoryFormat::Contiguous));
-  if (out.numel() == 0) return out;
-
-  cpu::RaArgs a{};
-  a.q = cpu::view4(q), a.rk = cpu::view4(rk), a.rv = cpu::view4(rv), a.ck = cpu::view4(ck), a.cv = cpu::view4(cv);
-  a.cos = cs.data_ptr<float>(), a.sin = sn.data_ptr<float>(), a.out = out.data_ptr();
-  a.Lq = q.size(1), a.H = q.size(2), a.D = q.size(3), a.Dp = (a.D + 15) / 16 * 16;
-  a.valid = valid, a.Lc = ck.size(1);
-  a.TQ = cpu::query_tile(a.Lq), a.n_qt = (a.Lq + a.TQ - 1) / a.TQ;
-  a.scale_log2e = static_cast<float>(1.4426950408889634 / std::sqrt(static_cast<double>(a.D)));
-  const bool bf16 = q.scalar_type() == at::kBFloat16;
-  const int best = cpu::ra_best_isa();
-  int level = isa < 0 || isa > best ? best : static_cast<int>(isa);
-  if (!bf16 && level == cpu::kIsaAvx512Bf16) level = cpu::kIsaAvx512;  // bf16 dot products: bf16 inputs only
-  const cpu::RaKernels& kern = cpu::ra_kernels(level);
-  at::parallel_for(0, q.size(0) * a.H * a.n_qt, 1, [&](int64_t t0, int64_t t1) {
-    if (bf16) {
-      cpu::run_tasks<c10::BFloat16>(a, kern, t0, t1);
-    } else {
-      cpu::run_tasks<float>(a, kern, t0, t1);
-    }
-  });
-  return out;
+  cpu::check("liveavatar_rt::rolling_attention", q, ring_k, ring_v, valid, cond_k, cond_v, cond_cos, cond_sin, false);
+  return cpu::run(q, ring_k, ring_v, valid, cond_k, cond_v, cond_cos, cond_sin, isa, nullptr);
 }
 
 at::Tensor rolling_attention_cpu(const at::Tensor& q, const at::Tensor& ring_k, const at::Tensor& ring_v,
                                  int64_t valid, const at::Tensor& cond_k, const at::Tensor& cond_v,
                                  const at::Tensor& cond_cos, const at::Tensor& cond_sin) {
   return rolling_attention_cpu_isa(q, ring_k, ring_v, valid, cond_k, cond_v, cond_cos, cond_sin, -1);
+}
+
+at::Tensor rolling_attention_fp8_cpu_isa(const at::Tensor& q, const at::Tensor& ring_k, const at::Tensor& ring_v,
+                                         const at::Tensor& ring_ks, const at::Tensor& ring_vs, int64_t valid,
+                                         const at::Tensor& cond_k, const at::Tensor& cond_v,
+                                         const at::Tensor& cond_ks, const at::Tensor& cond_vs,
+                                         const at::Tensor& cond_cos, const at::Tensor& cond_sin, int64_t isa) {
+  const char* op = "liveavatar_rt::rolling_attention_fp8";
+  cpu::check(op, q, ring_k, ring_v, valid, cond_k, cond_v, cond_cos, cond_sin, true);
+  cpu::check_scale(op, "ring_ks", ring_ks, ring_k);
+  cpu::check_scale(op, "ring_vs", ring_vs, ring_v);
+  cpu::check_scale(op, "cond_ks", cond_ks, cond_k);
+  cpu::check_scale(op, "cond_vs", cond_vs, cond_v);
+  const cpu::Fp8Scales scales{ring_ks, ring_vs, cond_ks, cond_vs};
+  return cpu::run(q, ring_k, ring_v, valid, cond_k, cond_v, cond_cos, cond_sin, isa, &scales);
+}
+
+at::Tensor rolling_attention_fp8_cpu(const at::Tensor& q, const at::Tensor& ring_k, const at::Tensor& ring_v,
+                                     const at::Tensor& ring_ks, const at::Tensor& ring_vs, int64_t valid,
+                                     const at::Tensor& cond_k, const at::Tensor& cond_v, const at::Tensor& cond_ks,
+                                     const at::Tensor& cond_vs, const at::Tensor& cond_cos,
+                                     const at::Tensor& cond_sin) {
+  return rolling_attention_fp8_cpu_isa(q, ring_k, ring_v, ring_ks, ring_vs, valid, cond_k, cond_v, cond_ks, cond_vs,
+                                       cond_cos, cond_sin, -1);
 }
 
 }  // namespace liveavatar_rt

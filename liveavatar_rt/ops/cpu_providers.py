@@ -1,7 +1,8 @@
 """`cpu` providers: the C++ CPU kernels of `liveavatar_rt._C` (csrc/cpu/) for `rms_norm` and
 `modulate` (both bit-identical to their references, see csrc/cpu/*.cpp for how), and for
-`rolling_attention` and `qk_norm_rope` (within tests/tolerances.py's provider rule: another
-fp32 summation order; tests/ops/test_rolling_attention.py, test_qk_norm_rope.py).
+`rolling_attention`, `rolling_attention_fp8` and `qk_norm_rope` (within tests/tolerances.py's
+provider rule: another fp32 summation order; tests/ops/test_rolling_attention.py,
+test_rolling_attention_fp8.py, test_qk_norm_rope.py).
 
 `supports(device, dtype)` refuses, with the reason, when the extension is not built or was
 refused (`liveavatar_rt._ext.load_error()`), off CPU, or outside bf16/fp32. The extension is
@@ -17,6 +18,7 @@ from typing import Optional
 import torch
 
 from .. import _ext
+from .kv_fp8 import E4M3, rolling_attention_fp8 as _rolling_attention_fp8_ref
 from .modulate import modulate as _modulate_ref
 from .norm import rms_norm as _rms_norm_ref
 from .qk_norm_rope import qk_norm_rope as _qk_norm_rope_ref
@@ -149,6 +151,29 @@ def rolling_attention(q, ring_k, ring_v, valid, cond_k, cond_v, cond_cos, cond_s
                                                              cond_cos, cond_sin)
 
 
+def rolling_attention_fp8(q, ring_k, ring_v, ring_ks, ring_vs, valid, cond_k, cond_v, cond_ks, cond_vs, cond_cos,
+                          cond_sin):
+    """See ops/kv_fp8.py. Kernel form: q bf16|fp32, K/V 4-D E4M3 and their scales fp32 [B, L, H]
+    (K/V's own leading dims), fp32 cos/sin, all on CPU, at least one key; anything else runs
+    the reference."""
+    kv, scales = (ring_k, ring_v, cond_k, cond_v), (ring_ks, ring_vs, cond_ks, cond_vs)
+    if (
+        q.dtype not in _DTYPES
+        or not _cpu_float(q, dtype=q.dtype)
+        or not _cpu_float(*kv, dtype=E4M3)
+        or not _cpu_float(*scales, dtype=torch.float32)
+        or not _cpu_float(cond_cos, cond_sin, dtype=torch.float32)
+        or q.dim() != 4 or any(t.dim() != 4 for t in kv)
+        or any(s.shape != t.shape[:3] for s, t in zip(scales, kv))
+        or not 0 <= valid <= ring_k.shape[1]
+        or valid + cond_k.shape[1] == 0
+    ):
+        return _rolling_attention_fp8_ref(q, ring_k, ring_v, ring_ks, ring_vs, valid, cond_k, cond_v, cond_ks,
+                                          cond_vs, cond_cos, cond_sin)
+    return torch.ops.liveavatar_rt.rolling_attention_fp8.default(q, ring_k, ring_v, ring_ks, ring_vs, valid, cond_k,
+                                                                 cond_v, cond_ks, cond_vs, cond_cos, cond_sin)
+
+
 def qk_norm_rope(q, k, wq, wk, eps, cos, sin, num_heads, k_rot_out=None):
     """See ops/qk_norm_rope.py. `k_rot_out` (a ring slot view: q's dtype, contiguous last dim) is
     written in place by the kernel's out-variant. Other forms run the reference."""
@@ -183,4 +208,7 @@ OPS["modulate"].register("cpu", modulate, priority=PRIORITY, supports=supports)
 # 2.4x / 2.1x; tiny fp32 2.9x / 1.6x, bf16 3.2x / 2.0x. qk_norm_rope 14B-scaled fp32 7.7x / 8.8x,
 # bf16 4.8x / 4.7x; tiny 6-10x.
 OPS["rolling_attention"].register("cpu", rolling_attention, priority=PRIORITY, supports=rolling_attention_supports)
+# The same kernel with the rows dequantized as they are gathered: the same AVX-512 rule.
+OPS["rolling_attention_fp8"].register("cpu", rolling_attention_fp8, priority=PRIORITY,
+                                      supports=rolling_attention_supports)
 OPS["qk_norm_rope"].register("cpu", qk_norm_rope, priority=PRIORITY, supports=supports)
