@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from .cli_args import add_numerics_args, kv_cache_dtype
+from .cli_args import add_load_args, kv_cache_dtype
 from .config import AUDIO_RATE, CUDA_GRAPH_CHOICES, DTYPES
 
 
@@ -53,7 +53,7 @@ def add_generate_arguments(g: argparse.ArgumentParser, layout: str = "1") -> Non
     g.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     g.add_argument("--decoder", default=None, help="TAEHV-layout decoder weights (.pth/.safetensors, e.g. taew2_1.pth for the 14B) "
                    "instead of the VAE's decoder")
-    add_numerics_args(g)
+    add_load_args(g)
     g.add_argument("--max-area", type=int, default=None, help="generation area in pixels (default: the model's)")
     g.add_argument("--layout", "--tpp", dest="layout", default=layout, metavar="LAYOUT",
                    help="'1' (one process) or timestep-forcing pipeline parallelism: '4+1' (4 DiT ranks + a VAE "
@@ -77,7 +77,7 @@ def load_pipeline(args: argparse.Namespace):
         ring = RingOptions(timeout=args.timeout, threads=args.threads or 1)
     return Pipeline.from_pretrained(args.model, device=args.device, dtype=DTYPES[args.dtype], seed=args.seed,
                                     layout=args.layout, max_area=args.max_area, ring=ring, precision=args.precision,
-                                    decoder=args.decoder, kv_cache_dtype=kv_cache_dtype(args),
+                                    decoder=args.decoder, kv_cache_dtype=kv_cache_dtype(args), compile=args.compile,
                                     stream=StreamConfig(cuda_graphs=CUDA_GRAPH_CHOICES[args.cuda_graphs]))
 
 

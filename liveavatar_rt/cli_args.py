@@ -1,4 +1,4 @@
-"""Command-line options shared by generate, serve, bench and eval: the model's numerics."""
+"""Command-line options shared by generate, serve, bench and eval: how the model is loaded."""
 from __future__ import annotations
 
 import argparse
@@ -6,13 +6,16 @@ import argparse
 from .config import KV_CACHE_DTYPES, PRECISIONS
 
 
-def add_numerics_args(p) -> None:
-    """--precision (linear layers) and --kv-cache (K/V cache storage) on parser or group `p`."""
+def add_load_args(p) -> None:
+    """--precision (linear layers), --kv-cache (K/V cache storage) and --compile on parser or
+    group `p` (from_pretrained's precision, kv_cache_dtype, compile)."""
     p.add_argument("--precision", choices=list(PRECISIONS), default="bf16",
                    help="linear layers: bf16, or fp8 (the published --fp8: E4M3 weights + activations)")
     p.add_argument("--kv-cache", choices=["auto", *KV_CACHE_DTYPES], default="auto",
                    help="K/V cache storage: auto (the compute dtype, as published) or fp8 (E4M3 + per-token "
                         "per-head scales: about half the cache memory)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the DiT blocks (inductor; the first block of a session compiles)")
 
 
 def kv_cache_dtype(args: argparse.Namespace) -> str | None:

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..cli_args import add_numerics_args, kv_cache_dtype
+from ..cli_args import add_load_args, kv_cache_dtype
 from ..config import DTYPES
 from .e2e import EXAMPLE, BenchConfig
 
@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     p.add_argument("--decoder", default=None, help="TAEHV-layout decoder weights (.pth/.safetensors, e.g. taew2_1.pth for the 14B) "
                    "instead of the VAE's decoder")
-    add_numerics_args(p)
+    add_load_args(p)
     p.add_argument("--device", default="cpu")
     p.add_argument("--provider", default=None, help="force providers, e.g. 'ref' (LIVEAVATAR_RT_PROVIDER syntax)")
     p.add_argument("--no-encode", dest="encode", action="store_false", help="skip the MP4 encode stage")
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from .report import COMPARE_SCHEMA, SCHEMA, format_text, validate, write_json
 
     cfg = BenchConfig(model=args.model, blocks=args.blocks, warmup=args.warmup, image=args.image, audio=args.audio,
-                      seed=args.seed, dtype=args.dtype, precision=args.precision, kv_cache_dtype=kv_cache_dtype(args), decoder=args.decoder, device=args.device, provider=args.provider,
+                      seed=args.seed, dtype=args.dtype, precision=args.precision, kv_cache_dtype=kv_cache_dtype(args), compile=args.compile, decoder=args.decoder, device=args.device, provider=args.provider,
                       layout=args.layout, encode=args.encode, peak_n=args.peak_n,
                       threads=args.threads)
     if args.compare:

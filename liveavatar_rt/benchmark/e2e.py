@@ -45,6 +45,7 @@ class BenchConfig:
     precision: str = "bf16"  # "fp8": the published --fp8 linears
     decoder: str | None = None  # a TAEHV-layout decoder file instead of the VAE's decoder
     kv_cache_dtype: str | None = None  # "fp8": E4M3 K/V caches (cache/kv.py)
+    compile: bool = False  # torch.compile the DiT blocks (model/compile.py)
     device: str = "cpu"
     provider: str | None = None  # None: the best provider per op; "ref": reference ops everywhere
     layout: str = "1"  # "1": one process; a TPP layout ("4+1", "2+1", "2", ...) spawns local ranks
@@ -87,7 +88,7 @@ def _open(cfg: BenchConfig):
     return Pipeline.from_pretrained(cfg.model, device=cfg.device, dtype=DTYPES[cfg.dtype], seed=cfg.seed,
                                     force_provider=cfg.provider, quiet=True, layout=cfg.layout,
                                     precision=cfg.precision, decoder=cfg.decoder,
-                                    kv_cache_dtype=cfg.kv_cache_dtype)
+                                    kv_cache_dtype=cfg.kv_cache_dtype, compile=cfg.compile)
 
 
 def run_session(cfg: BenchConfig, keep_outputs: bool = False, profile: bool = False) -> dict:

@@ -27,6 +27,7 @@ from ..config import AUDIO_RATE, KV_CACHE_DTYPES, StreamConfig, check_kv_cache_d
 from ..envvars import tiny_random
 from ..model import CausalWanS2V
 from ..io.checkpoint import FP8_FILE
+from ..model.compile import compile_blocks, compile_forced
 from ..model.fp8 import Fp8Linear, check_precision, to_fp8
 from ..model.init import init_random_
 from ..model.vae import VAEConfig, WanVAE
@@ -129,6 +130,7 @@ class Pipeline:
         self._ring = None  # parallel.front.FrontRing when the layout is a TPP ring
         self._decoder = vae  # what decodes the video: the VAE, or a TAEHV (from_pretrained(decoder=...))
         self._kv_cache_dtype = None  # None: K/V caches in the compute dtype; "fp8" (from_pretrained)
+        self._compiled = False  # from_pretrained(compile=True): the DiT blocks under torch.compile
 
     @property
     def stream(self) -> StreamConfig:
@@ -162,6 +164,11 @@ class Pipeline:
         return self._kv_cache_dtype
 
     @property
+    def compiled(self) -> bool:
+        """Whether the DiT blocks run under torch.compile (from_pretrained(compile=True))."""
+        return self._compiled
+
+    @property
     def kv_dtype(self) -> torch.dtype | None:
         """The torch storage dtype of the K/V caches: None (the compute dtype) or E4M3."""
         return None if self._kv_cache_dtype is None else KV_CACHE_DTYPES[self._kv_cache_dtype]
@@ -192,7 +199,7 @@ class Pipeline:
                         quiet: bool = False, *, layout: str = "1", stream: StreamConfig | None = None,
                         max_area: int | None = None, ring=None, precision: str = "bf16",
                         decoder: str | os.PathLike | None = None,
-                        kv_cache_dtype: str | None = None) -> "Pipeline":
+                        kv_cache_dtype: str | None = None, compile: bool = False) -> "Pipeline":
         """Load a model: 'tiny' (packaged weights, or seeded random ones until trained weights
         ship), a tiny single-file model (`*.safetensors` written by
         `liveavatar_rt.io.tiny.save_tiny`, e.g. a candidate from recipes/tiny/train/export.py
@@ -214,12 +221,16 @@ class Pipeline:
         .safetensors, e.g. madebyollin/taehv's taew2_1.pth for the Wan 2.1 latents of the 14B):
         a tiny streaming decoder of the same latent space, ~20x less work than the VAE.
         kv_cache_dtype: None (the K/V caches in the compute dtype, as published) or "fp8" (E4M3
-        with one fp32 scale per token and head: ~half the cache memory of bf16; cache/kv.py)."""
+        with one fp32 scale per token and head: ~half the cache memory of bf16; cache/kv.py).
+        compile: torch.compile the DiT blocks (model/compile.py: inductor, the elementwise ops on
+        their references so it can fuse them, the cache step eager); the first block of each
+        session shape compiles (seconds)."""
         check_precision(precision, dtype)
         check_kv_cache_dtype(kv_cache_dtype)
         load = dict(name_or_path=name_or_path, device=device, dtype=dtype, seed=seed, force_provider=force_provider,
                     stream=stream, max_area=max_area, precision=precision,
-                    decoder=None if decoder is None else str(decoder), kv_cache_dtype=kv_cache_dtype)
+                    decoder=None if decoder is None else str(decoder), kv_cache_dtype=kv_cache_dtype,
+                    compile=bool(compile))
         if _is_single(layout):
             if ring is not None:
                 raise ValueError("ring options need a TPP layout ('4+1', '2+1', '2', ...), not layout '1'")
@@ -238,7 +249,8 @@ class Pipeline:
     def _load(cls, load: dict, quiet: bool) -> "Pipeline":
         """One process's Pipeline from from_pretrained's keywords."""
         name, device, dtype = load["name_or_path"], load["device"], load["dtype"]
-        ops = OpTable(device, dtype, force=load["force_provider"])
+        compiled = load.get("compile", False)
+        ops = OpTable(device, dtype, force=compile_forced(load["force_provider"]) if compiled else load["force_provider"])
         opts = {"stream": load["stream"], "max_area": load["max_area"], "precision": load.get("precision", "bf16")}
         if str(name) == "tiny":
             pipe = cls._tiny(ops, device, dtype, load["seed"], quiet, opts)
@@ -253,6 +265,9 @@ class Pipeline:
         if load.get("decoder"):
             pipe._decoder = load_decoder(load["decoder"], pipe.vae, dtype, device)
         pipe._kv_cache_dtype = load.get("kv_cache_dtype")
+        if compiled:
+            compile_blocks(pipe.model)
+            pipe._compiled = True
         return pipe
 
     @classmethod

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..cli_args import add_numerics_args, kv_cache_dtype
+from ..cli_args import add_load_args, kv_cache_dtype
 from ..config import DTYPES
 from .clips import DEFAULT_DIR
 
@@ -26,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--window", type=float, default=30.0, help="seconds of video per metrics window")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
-    add_numerics_args(p)
+    add_load_args(p)
     p.add_argument("--device", default="cpu")
     p.add_argument("--from-csv", default=None, help="do not generate: summarize and plot an existing CSV")
 
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         cfg = EvalConfig(minutes=args.minutes, window_seconds=args.window, model=args.model, identity=args.identity,
                          clips_dir=args.clips, seed=args.seed, dtype=args.dtype, precision=args.precision,
-                         kv_cache_dtype=kv_cache_dtype(args), device=args.device)
+                         kv_cache_dtype=kv_cache_dtype(args), compile=args.compile, device=args.device)
         with CsvLog(out_csv) as log:
             result = run_eval(cfg, on_row=log)
         rows = result.pop("rows")

@@ -59,6 +59,7 @@ class EvalConfig:
     dtype: str = "bf16"
     precision: str = "bf16"  # "fp8": the published --fp8 linears
     kv_cache_dtype: str | None = None  # "fp8": E4M3 K/V caches (cache/kv.py)
+    compile: bool = False  # torch.compile the DiT blocks (model/compile.py)
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -117,7 +118,7 @@ def run_eval(cfg: EvalConfig, on_row: Callable[[dict], None] | None = None, log=
     source = LoopedClips(clip_set, ident.name)
     dtype = DTYPES[cfg.dtype]
     pipe = Pipeline.from_pretrained(cfg.model, device=cfg.device, dtype=dtype, seed=cfg.seed, quiet=True,
-                                    precision=cfg.precision, kv_cache_dtype=cfg.kv_cache_dtype)
+                                    precision=cfg.precision, kv_cache_dtype=cfg.kv_cache_dtype, compile=cfg.compile)
     if pipe.stream.fps != clip_set.fps:
         raise ValueError(f"clip set is at {clip_set.fps} fps, the model streams at {pipe.stream.fps} fps")
     ref = reference_frame(ident.image, pipe)

@@ -47,14 +47,21 @@ class QKVAttention(nn.Module):
         return k, v
 
 
+@torch.compiler.disable
+def _attend_raw(attend: FusedAttend, q, k, v, wq, wk, eps: float, num_heads: int) -> torch.Tensor:
+    """`attend.raw(...)`, kept out of torch.compile graphs (Pipeline compile=True): the cache
+    writes go to slots that change every block, and the fused attention ops are opaque anyway,
+    so the graph breaks here instead of recompiling per slot."""
+    return attend.raw(q, k, v, wq, wk, eps, num_heads)
+
+
 class SelfAttention(QKVAttention):
     def forward(self, x: torch.Tensor, attend: AttendFn | FusedAttend) -> torch.Tensor:
         """x: [B, L, C] -> [B, L, C]. `attend` applies RoPE, reads/writes the caches and returns
         [B, L, H, D]; see the module docstring for its two forms."""
         q, k, v = self.q(x), self.k(x), self._heads(self.v(x))
-        raw = getattr(attend, "raw", None)
-        if raw is not None:
-            out = raw(q, k, v, self.norm_q.weight, self.norm_k.weight, self.norm_q.eps, self.num_heads)
+        if getattr(attend, "raw", None) is not None:
+            out = _attend_raw(attend, q, k, v, self.norm_q.weight, self.norm_k.weight, self.norm_q.eps, self.num_heads)
         else:
             out = attend(self._heads(self.norm_q(q)), self._heads(self.norm_k(k)), v)
         return self.o(out.flatten(2))

@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from .. import envvars
-from ..cli_args import add_numerics_args, kv_cache_dtype
+from ..cli_args import add_load_args, kv_cache_dtype
 from ..config import DTYPES
 from .config import MiB, ServeConfig
 
@@ -56,7 +56,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     p.add_argument("--decoder", default=None, help="TAEHV-layout decoder weights (.pth/.safetensors, e.g. taew2_1.pth for the 14B) "
                    "instead of the VAE's decoder")
-    add_numerics_args(p)
+    add_load_args(p)
     p.add_argument("--no-warmup", action="store_true",
                    help="skip rendering one block at start-up (it keeps one-time costs out of the first TTFF)")
     p.add_argument("--log-level", default="info")
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
           file=sys.stderr)
     engine = Engine.load(args.model, tpp=args.tpp, seed=args.seed, dtype=args.dtype,
                          precision=args.precision, decoder=args.decoder,
-                         kv_cache_dtype=kv_cache_dtype(args))
+                         kv_cache_dtype=kv_cache_dtype(args), compile=args.compile)
     if engine.note:
         print(f"note: {engine.note}", file=sys.stderr)
     if not args.no_warmup:
