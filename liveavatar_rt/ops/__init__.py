@@ -1,5 +1,5 @@
 """Ops: each file defines references (plain PyTorch) and providers register against them."""
-from . import activation, attention, conv, fp8_linear, linear, modulate, norm, rope, vae_ops  # noqa: F401  (populate the registry)
+from . import activation, attention, conv, fp8_linear, linear, linear_packed, modulate, norm, rope, vae_ops  # noqa: F401  (populate the registry)
 from .linear import patch_conv
 from .registry import OPS, OpTable, define
 from . import cpu_block_providers, cpu_providers  # noqa: F401  (C++ CPU providers; liveavatar_rt._C loads lazily)
