@@ -61,7 +61,7 @@ class Block(nn.Module):
 
         # hard-coded cast of the residual to the compute dtype before norm3
         h = self.norm3(xf.to(dt)).to(dt)
-        xf = xf + self.cross_attn(h, text_kv).float()
+        xf = xf + self.cross_attn(h, text_kv)  # bf16 output promoted exactly in the add: no fp32 copy
 
         h = ops.modulate(per_frame(ops.layer_norm(xf, None, None, self.eps)), shift2, scale2, dt)
         y = self.ffn(h.reshape(B, L, C))
