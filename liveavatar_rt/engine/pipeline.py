@@ -250,7 +250,7 @@ class Pipeline:
         """One process's Pipeline from from_pretrained's keywords."""
         name, device, dtype = load["name_or_path"], load["device"], load["dtype"]
         compiled = load.get("compile", False)
-        force = compile_forced(load["force_provider"], device, dtype) if compiled else load["force_provider"]
+        force = compile_forced(load["force_provider"]) if compiled else load["force_provider"]
         ops = OpTable(device, dtype, force=force)
         opts = {"stream": load["stream"], "max_area": load["max_area"], "precision": load.get("precision", "bf16")}
         if str(name) == "tiny":

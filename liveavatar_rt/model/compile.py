@@ -16,7 +16,7 @@ import torch
 COMPILE_REF_OPS = ("rms_norm", "layer_norm", "modulate", "gated_residual", "gelu_tanh")
 
 
-def compile_forced(force, device="cpu", dtype=torch.bfloat16) -> dict:
+def compile_forced(force) -> dict:
     """The provider choice of a compiled model: COMPILE_REF_OPS on their references, unless
     `force` (from_pretrained's force_provider: None for LIVEAVATAR_RT_PROVIDER, its string
     syntax, or {op: provider}) says otherwise for an op."""
@@ -25,15 +25,9 @@ def compile_forced(force, device="cpu", dtype=torch.bfloat16) -> dict:
 
     if force is None:
         force = envvars.provider()
-    from ..ops import OPS
 
     user = force if isinstance(force, dict) else _parse_force(force)
-    out = {name: "ref" for name in COMPILE_REF_OPS}
-    # linear: the plain GEMM, which inductor lowers itself (it cannot take a pre-packed oneDNN
-    # weight); where `native` refuses (fp32), the reference (also a plain GEMM)
-    native = {p.name: p for p in OPS["linear"].providers}["native"]
-    out["linear"] = "native" if native.supports(torch.device(device), dtype) is None else "ref"
-    return {**out, **user}
+    return {**{name: "ref" for name in COMPILE_REF_OPS}, **user}
 
 
 def compile_blocks(model) -> None:

@@ -76,7 +76,20 @@ def _packed_linear(x, weight, bias, dtype):
     if dtype != torch.bfloat16:
         return _native_linear(x, weight, bias, dtype)
     b = None if bias is None else _cast(bias, dtype)
+    if torch.compiler.is_compiling():  # an opaque call in a compiled graph (inductor cannot lower it)
+        return _packed_linear_op(_cast(x, dtype), weight, b)
     return torch.ops.mkldnn._linear_pointwise(_cast(x, dtype), derived_weight(weight, "packed"), b, "none", [], "")
+
+
+@torch.library.custom_op("liveavatar_rt_py::packed_linear", mutates_args=())
+def _packed_linear_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """bf16 x [..., in] @ packed(weight [out, in])^T + bias -> [..., out] bf16 (compile=True path)."""
+    return torch.ops.mkldnn._linear_pointwise(x, derived_weight(weight, "packed"), bias, "none", [], "")
+
+
+@_packed_linear_op.register_fake
+def _(x, weight, bias):
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
 def _supports(device: torch.device, dtype: torch.dtype) -> Optional[str]:

@@ -10,7 +10,7 @@ import torch
 
 from liveavatar_rt.ops import OPS, OpTable
 from liveavatar_rt.ops.linear import _native_linear, linear as ref_linear
-from liveavatar_rt.ops.linear_packed import _packed_linear, _supports, cached_weights
+from liveavatar_rt.ops.linear_packed import _cache, _packed_linear, _supports, cached_weights
 
 pytestmark = pytest.mark.skipif(_supports(torch.device("cpu"), torch.bfloat16) is not None,
                                 reason=str(_supports(torch.device("cpu"), torch.bfloat16)))
@@ -63,16 +63,16 @@ def test_a_weight_changed_in_place_is_packed_again():
 def test_views_hit_the_cache_and_dead_weights_leave_it():
     w = torch.randn(96, 4, 4, 4, generator=g).bfloat16()  # a patch conv's weight, reshaped per call
     x = torch.randn(3, 64, generator=g)
-    _packed_linear(x, w.reshape(96, -1), None, torch.float32)
-    n = cached_weights()
+    ours = lambda: {k for k in _cache if k[0] == id(w)}  # noqa: E731  (entries keyed by w itself)
     for _ in range(3):
         out = _packed_linear(x, w.reshape(96, -1), None, torch.bfloat16)
         _packed_linear(x, w.reshape(96, -1), None, torch.float32)
-    assert cached_weights() == n + 1  # one packed form added, the fp32 form reused
+    assert sorted(k[-1] for k in ours()) == ["fp32", "packed"]  # one entry per form, reused
     assert torch.equal(out, _native_linear(x, w.reshape(96, -1), None, torch.bfloat16))
+    keys, n = ours(), cached_weights()
     del w
     gc.collect()
-    assert cached_weights() == n - 1
+    assert not keys & set(_cache) and cached_weights() <= n - 2
 
 
 def test_gradients_take_the_native_gemm():
