@@ -48,6 +48,14 @@ def test_two_steps_train_and_resume(tmp_path, monkeypatch):
     model = tae.load_trained_tae(tmp_path / "run")
     assert model.config.decoder_widths == (8, 8, 4, 4)
     assert model.decode(torch.zeros(16, 2, 4, 4)).shape == (3, 5, 32, 32)
+    # a snapshot for the repo (--export), then a new run on another machine starts from it (--init)
+    snap = tmp_path / "snap.safetensors"
+    tae.main([*args, "--export", str(snap)])
+    with pytest.raises(SystemExit, match="drop --enc-width"):
+        tae.main([*args, "--run", str(tmp_path / "run2"), "--init", str(snap), "--enc-width", "8", "--steps", "4"])
+    tae.main([*args, "--run", str(tmp_path / "run2"), "--init", str(snap), "--steps", "4"])
+    result2 = json.loads((tmp_path / "run2" / "tae" / "result.json").read_text())
+    assert result2["step"] == 4 and result2["arch"] == result["arch"]  # continued from step 3
 
 
 def test_streams_targets_follow_the_decoded_frames():

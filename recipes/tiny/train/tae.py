@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -94,6 +95,35 @@ class Streams:
         self.dec = DecodeState([None if t is None else t.detach() for t in dec.memory], dec.frames)
 
 
+def export_snapshot(ckpt: Path, dst: Path) -> None:
+    """ckpt.pt -> bf16 weights + {"arch", "step", "train_seconds"} metadata (safetensors): what a
+    fresh machine resumes from (`--init`), ~1/6 of the checkpoint (no optimizer state)."""
+    from safetensors.torch import save_file
+
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    meta = {"arch": json.dumps(state["arch"]), "step": str(state["step"]),
+            "train_seconds": str(state.get("train_seconds", 0.0))}
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.to(torch.bfloat16).contiguous() for k, v in state["model"].items()}, str(dst), metadata=meta)
+    print(f"wrote {dst} ({dst.stat().st_size / 2**20:.1f} MiB): step {state['step']}, arch {state['arch']}")
+
+
+def read_snapshot_meta(path: Path) -> tuple[dict, int]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    return json.loads(meta["arch"]), int(meta["step"])
+
+
+def load_snapshot(path: Path, model: torch.nn.Module) -> int:
+    """Load an --export snapshot into `model` (fp32); returns the step it was taken at."""
+    from safetensors.torch import load_file
+
+    model.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
+    return read_snapshot_meta(path)[1]
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="data/tiny")
@@ -115,12 +145,25 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--stream-length", type=int, default=96)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--val-every", type=int, default=500)
+    ap.add_argument("--init", default=None,
+                    help="start a new run from a snapshot written by --export (weights + arch + step; fresh optimizer)")
+    ap.add_argument("--export", default=None,
+                    help="write the run's current weights as a small bf16 .safetensors snapshot (for the repo) and exit")
     args = ap.parse_args(argv)
     if args.frames % 4 or args.frames < 8:
         raise SystemExit(f"--frames must be a multiple of 4 and >= 8, got {args.frames}")
 
     torch.manual_seed(args.seed)
     out = stage_dir(args.run, "tae")
+    if args.export:
+        export_snapshot(out / "ckpt.pt", Path(args.export))
+        return
+    if args.init and not (out / "ckpt.pt").exists():
+        init_arch, init_step = read_snapshot_meta(Path(args.init))
+        if (args.enc_width or args.dec_widths) and init_arch != {"enc_width": args.enc_width or 32, "dec_widths": [
+                int(w) for w in (args.dec_widths or "64,32,16,16").split(",")]}:
+            raise SystemExit(f"{args.init} is {init_arch}; drop --enc-width/--dec-widths or use another snapshot")
+        args.enc_width, args.dec_widths = init_arch["enc_width"], ",".join(map(str, init_arch["dec_widths"]))
     arch = {"enc_width": args.enc_width or 32, "dec_widths": [int(w) for w in (args.dec_widths or "64,32,16,16").split(",")]}
     if (out / "ckpt.pt").exists():  # the saved widths decide the model; asking for others is an error
         saved = torch.load(out / "ckpt.pt", map_location="cpu", weights_only=False)["arch"]
@@ -130,7 +173,12 @@ def main(argv: list[str] | None = None) -> None:
     model = TAEHV(config_of(arch))
     model.requires_grad_(True)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
-    state = load_ckpt(out / "ckpt.pt", model, opt) if (out / "ckpt.pt").exists() else {"step": 0}
+    if (out / "ckpt.pt").exists():
+        state = load_ckpt(out / "ckpt.pt", model, opt)
+    elif args.init:
+        state = {"step": load_snapshot(Path(args.init), model)}
+    else:
+        state = {"step": 0}
     step, seconds = state["step"], state.get("train_seconds", 0.0)
     rng = np.random.default_rng(args.seed + step)
     pool = FramePool(args.data, rng)
