@@ -135,7 +135,7 @@ def _render(args: argparse.Namespace, pipe, load_s: float) -> int:
 
 def quantize(args: argparse.Namespace) -> int:
     """Quantize a published-layout model's DiT to fp8 once, so fp8 loads read half the bytes."""
-    from .engine.pipeline import quantize_published
+    from .io.published import quantize_published
 
     quantize_published(args.model, args.out)
     return 0

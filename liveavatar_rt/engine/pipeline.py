@@ -27,6 +27,8 @@ from ..config import AUDIO_RATE, KV_CACHE_DTYPES, StreamConfig, check_kv_cache_d
 from ..envvars import tiny_random
 from ..model import CausalWanS2V
 from ..io.checkpoint import FP8_FILE
+from ..io.decoder import load_decoder
+from ..io.published import PUBLISHED_FILES
 from ..model.compile import compile_blocks, compile_forced
 from ..model.fp8 import Fp8Linear, check_precision, to_fp8
 from ..model.init import init_random_
@@ -38,14 +40,6 @@ from .positions import PositionPolicy
 from .session import STREAM_START_DROP, Session
 
 PACKAGED_WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
-# The published layout: the Wan2.2-S2V-14B folder plus the Live Avatar LoRA file.
-PUBLISHED_FILES = {
-    "Live Avatar LoRA": "liveavatar.safetensors",
-    "Wan2.1 VAE": "Wan2.1_VAE.pth",
-    "umT5 encoder": "models_t5_umt5-xxl-enc-bf16.pth",
-    "umT5 tokenizer folder": "google/umt5-xxl",
-    "wav2vec2 folder": "wav2vec2-large-xlsr-53-english",
-}
 # The placeholder tiny default: the golden-fixture DiT sizes and a small Wan2.1-layout VAE.
 TINY_VAE = VAEConfig(dim=8)
 TINY_MAX_AREA = 128 * 128
@@ -67,46 +61,6 @@ class Video:
 
         with Mp4Writer(path, self.frames.shape[2], self.frames.shape[1], fps=self.fps, sample_rate=self.sample_rate) as w:
             w.write(self.frames, self.audio)
-
-
-def load_decoder(path: str | os.PathLike, vae: WanVAE, dtype: torch.dtype, device: str):
-    """A TAEHV-layout decoder from a user's file, checked against the VAE's latent space:
-    same latent channels, the same x8 space and x4 time upscaling."""
-    from ..model.taehv import load_taehv
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"decoder weights {str(path)!r} do not exist (a TAEHV-layout .pth / .safetensors, "
-                                "e.g. taew2_1.pth for the 14B)")
-    tae = load_taehv(path, config=None, dtype=dtype, device=device)
-    cfg, z = tae.config, vae.config.z_dim
-    if (cfg.latent_channels, cfg.decoder_space_factor, cfg.t_upscale) != (z, 8, 4):
-        raise ValueError(f"decoder {path.name}: {cfg.latent_channels} latent channels, space x{cfg.decoder_space_factor}, "
-                         f"time x{cfg.t_upscale}; the model's VAE needs {z}, x8, x4")
-    return tae
-
-
-def quantize_published(root: str | os.PathLike, out: str | os.PathLike | None = None, quiet: bool = False) -> Path:
-    """Write the fp8 DiT of a published-layout directory (LoRA merged, then the published fp8
-    rule) to `out` (default root/liveavatar_rt_fp8.safetensors, which from_pretrained(root,
-    precision="fp8") then reads instead of the bf16 shards + LoRA: half the bytes to load).
-    The shards stream in one tensor at a time: peak memory is the fp8 model, not a bf16 copy."""
-    from ..io import load_dit, published_config
-    from ..io.checkpoint import save_fp8_dit
-
-    root = Path(root)
-    cfg = published_config(root)
-    lora = root / PUBLISHED_FILES["Live Avatar LoRA"]
-    if cfg is None or not lora.is_file():
-        raise FileNotFoundError(f"{root} is not a published-layout directory (needs config.json and {lora.name})")
-    out = Path(out) if out is not None else root / FP8_FILE
-    t0 = time.perf_counter()
-    model = load_dit(root, cfg, dtype=torch.bfloat16, lora=lora, precision="fp8")
-    save_fp8_dit(model, out)
-    if not quiet:
-        print(f"liveavatar_rt: wrote {out} ({out.stat().st_size / 2**30:.2f} GiB) in {time.perf_counter() - t0:.1f} s",
-              file=sys.stderr)
-    return out
 
 
 def _is_single(layout) -> bool:
