@@ -6,7 +6,10 @@
 Ops x shapes x dtypes (fp32 and the working dtype bf16) x providers (`ref` plus every provider
 whose `supports` accepts this machine; the others are skipped with their refusal reason).
 Shapes: the tiny preset and a 14B block scaled to fit (H=40, D=128, S = 1056/8 = 132 tokens per
-latent frame, a block of 3 frames, a ring of 4 blocks, Lc = 2.5 S); the block's small ops
+latent frame, a block of 3 frames, a ring of 4 blocks, Lc = 2.5 S); rolling_attention also at
+the medium preset's shape (test_rolling_attention_medium: bf16, 1 and 2 threads, the `cpu`
+provider at its default level and at each bf16 instruction-set level, and the reference, in the
+same run; extra_info also holds the load average, the machine being shared); the block's small ops
 (gated_residual, layer_norm, gelu_tanh, attention) at the tiny block and a 14B row width. Each test first checks the
 provider against the reference (tests/tolerances.py's rule), then times it. extra_info holds
 time_ms (min over rounds: the least disturbed run on a shared machine), GFLOP/s (attention,
@@ -15,6 +18,7 @@ the minima in this run); a summary table is printed at the end of the module.
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -24,6 +28,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from liveavatar_rt import config  # noqa: E402
+from liveavatar_rt.benchmark.flops import cond_tokens  # noqa: E402
 from liveavatar_rt.ops import OPS  # noqa: E402
 from tests.tolerances import assert_provider_close  # noqa: E402
 
@@ -73,11 +79,12 @@ def _min_time(fn, args, rounds: int) -> float:
     return best
 
 
-def _run(benchmark, op_name, shape, dtype, provider, args, work, unit, rounds):
+def _run(benchmark, op_name, shape, dtype, provider, args, work, unit, rounds, fn=None):
+    """fn: time this callable (the caller checked it) under the name `provider`."""
     op = OPS[op_name]
-    if provider == "ref":
+    if fn is None and provider == "ref":
         fn = op.reference
-    else:
+    elif fn is None:
         why = dict(op.candidates(DEVICE, dtype)).get(provider, f"provider {provider!r} is not registered")
         if why is not None:
             pytest.skip(f"{op_name}[{provider}]: {why}")
@@ -115,6 +122,61 @@ def test_rolling_attention(benchmark, shape, dtype, provider):
     args = _ra_inputs(B, Lq, H, D, cap, valid, Lc, dtype)
     flops = 4 * B * H * Lq * (valid + Lc) * D
     _run(benchmark, "rolling_attention", shape, dtype, provider, args, flops, "GFLOP/s", 30 if shape == "tiny" else 5)
+
+
+def _medium_ra_shape(h: int = 16, w: int = 16) -> tuple:
+    """The medium preset's rolling attention at an h x w latent: (1, 192, 4, 128, 768, 768, 160)
+    = a block of 3 frames of S = 64 tokens, a full ring of 12 frames, Lc conditioning tokens."""
+    cfg, stream = config.from_name("medium"), config.StreamConfig()
+    S = (h // 2) * (w // 2)
+    cap = stream.cache_frames * S
+    return (1, stream.frames_per_block * S, cfg.num_heads, cfg.dim // cfg.num_heads, cap, cap, cond_tokens(cfg, h, w))
+
+
+# The C++ kernel's bf16 instruction-set levels (csrc/cpu/rolling_attention_kernels.h), run through
+# its test entry point; `cpu` is the provider itself (its default: this CPU's best level).
+RA_LEVELS = {"cpu@avx512_bf16": 2, "cpu@amx": 3}
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("provider", ["ref", "cpu", *RA_LEVELS])
+def test_rolling_attention_medium(benchmark, provider, threads):
+    if DEVICE.type != "cpu":
+        pytest.skip("a CPU kernel benchmark (the thread counts are torch's CPU threads)")
+    B, Lq, H, D, cap, valid, Lc = _medium_ra_shape()
+    args = _ra_inputs(B, Lq, H, D, cap, valid, Lc, torch.bfloat16)
+    flops = 4 * B * H * Lq * (valid + Lc) * D
+    op = OPS["rolling_attention"]
+    isa = None
+    if provider in RA_LEVELS:
+        why = dict(op.candidates(DEVICE, torch.bfloat16)).get("cpu")
+        if why is not None:
+            pytest.skip(f"rolling_attention[cpu]: {why}")
+        isa = RA_LEVELS[provider]
+        best = torch.ops.liveavatar_rt.rolling_attention_best_isa.default()
+        if isa > best:
+            pytest.skip(f"this CPU has no {provider.split('@')[1]} level (its best is {best})")
+
+        def fn(*a):
+            return torch.ops.liveavatar_rt.rolling_attention_isa.default(*a, isa)
+
+        assert_provider_close(fn(*args), op.reference(*args), op.reference(*_fp32(args)), f"rolling_attention[{provider}]")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        shape = f"medium/{threads}t"
+        if isa is None:
+            _run(benchmark, "rolling_attention", shape, torch.bfloat16, provider, args, flops, "GFLOP/s", 300)
+        else:
+            _run(benchmark, "rolling_attention", shape, torch.bfloat16, provider, args, flops, "GFLOP/s", 300, fn=fn)
+        if benchmark.stats is not None:
+            benchmark.extra_info.update({"shape": "B, Lq, H, D, cap, valid, Lc = " + str(_medium_ra_shape()),
+                                         "isa": isa if isa is not None else (
+                                             torch.ops.liveavatar_rt.rolling_attention_best_isa.default()
+                                             if provider == "cpu" else None),
+                                         "loadavg_1m": round(os.getloadavg()[0], 2)})
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
@@ -169,9 +231,9 @@ def summary_table(request):
         return
     lines = [f"\nops microbenchmarks on {DEVICE}, {torch.get_num_threads()} threads (time = min over rounds; "
              "speedup = reference min / provider min, this run)",
-             f"{'op':<18}{'shape':<12}{'dtype':<10}{'provider':<9}{'time ms':>10}{'rate':>16}{'speedup':>9}"]
+             f"{'op':<18}{'shape':<12}{'dtype':<10}{'provider':<17}{'time ms':>10}{'rate':>16}{'speedup':>9}"]
     for op, shape, dt, prov, ms, rate, unit, sp in _ROWS:
-        lines.append(f"{op:<18}{shape:<12}{dt:<10}{prov:<9}{ms:>10.3f}{rate:>9.2f} {unit:<6}{sp:>8.2f}x")
+        lines.append(f"{op:<18}{shape:<12}{dt:<10}{prov:<17}{ms:>10.3f}{rate:>9.2f} {unit:<6}{sp:>8.2f}x")
     capture = request.config.pluginmanager.getplugin("capturemanager")
     with capture.global_and_fixture_disabled():
         print("\n".join(lines))

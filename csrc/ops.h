@@ -53,7 +53,9 @@ at::Tensor gelu_tanh_cpu(const at::Tensor& x);
 at::Tensor rolling_attention_cpu(const at::Tensor& q, const at::Tensor& ring_k, const at::Tensor& ring_v,
                                  int64_t valid, const at::Tensor& cond_k, const at::Tensor& cond_v,
                                  const at::Tensor& cond_cos, const at::Tensor& cond_sin);
-// The same with an explicit instruction-set level (tests compare every level); best_isa: this CPU's.
+// The same with an explicit instruction-set level (tests compare every level): 0 portable, 1 AVX-512,
+// 2 AVX512-BF16, 3 AMX (bf16 inputs; fp32 inputs run at most level 1); -1 or a level above
+// best_isa (this CPU's best): the best.
 int64_t rolling_attention_best_isa();
 at::Tensor rolling_attention_cpu_isa(const at::Tensor& q, const at::Tensor& ring_k, const at::Tensor& ring_v,
                                      int64_t valid, const at::Tensor& cond_k, const at::Tensor& cond_v,

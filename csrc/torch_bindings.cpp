@@ -57,6 +57,16 @@ TORCH_LIBRARY(liveavatar_rt, m) {
   // (rotated), cond_cos/cond_sin: fp32 [Lc, D/2] -> [B, Lq, H, D] contiguous in q's dtype.
   m.def("rolling_attention_fp8(Tensor q, Tensor ring_k, Tensor ring_v, Tensor ring_ks, Tensor ring_vs, int valid, "
         "Tensor cond_k, Tensor cond_v, Tensor cond_ks, Tensor cond_vs, Tensor cond_cos, Tensor cond_sin) -> Tensor");
+  // Tests and benchmarks: rolling_attention / rolling_attention_fp8 at an explicit CPU
+  // instruction-set level `isa` (0 portable, 1 AVX-512, 2 AVX512-BF16, 3 AMX; -1 or a level
+  // this CPU lacks: its best, rolling_attention_best_isa(); fp32 inputs run at most level 1),
+  // so each level can be compared with the reference. The plain ops run the best level.
+  m.def("rolling_attention_isa(Tensor q, Tensor ring_k, Tensor ring_v, int valid, Tensor cond_k, Tensor cond_v, "
+        "Tensor cond_cos, Tensor cond_sin, int isa) -> Tensor");
+  m.def("rolling_attention_fp8_isa(Tensor q, Tensor ring_k, Tensor ring_v, Tensor ring_ks, Tensor ring_vs, int valid, "
+        "Tensor cond_k, Tensor cond_v, Tensor cond_ks, Tensor cond_vs, Tensor cond_cos, Tensor cond_sin, int isa) "
+        "-> Tensor");
+  m.def("rolling_attention_best_isa() -> int", &liveavatar_rt::rolling_attention_best_isa);
   // RMSNorm of q and k over C then RoPE per head, as liveavatar_rt/ops/qk_norm_rope.py.
   // q, k: [B, L, C] fp32|bf16, wq, wk: [C], cos/sin: fp32 [L, D/2], D = C / num_heads
   // -> (q_rot, k_rot, k_normed), each [B, L, H, D] contiguous in q's dtype.
@@ -79,6 +89,8 @@ TORCH_LIBRARY_IMPL(liveavatar_rt, CPU, m) {
   m.impl("gelu_tanh", &liveavatar_rt::gelu_tanh_cpu);
   m.impl("rolling_attention", &liveavatar_rt::rolling_attention_cpu);
   m.impl("rolling_attention_fp8", &liveavatar_rt::rolling_attention_fp8_cpu);
+  m.impl("rolling_attention_isa", &liveavatar_rt::rolling_attention_cpu_isa);
+  m.impl("rolling_attention_fp8_isa", &liveavatar_rt::rolling_attention_fp8_cpu_isa);
   m.impl("qk_norm_rope", &liveavatar_rt::qk_norm_rope_cpu);
   m.impl("qk_norm_rope_out", &liveavatar_rt::qk_norm_rope_out_cpu);
 }

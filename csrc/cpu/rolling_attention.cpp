@@ -8,6 +8,11 @@
 // products rounded to fp32 then to the input dtype, exactly as rope_apply), so neither the
 // [ring ; cond] concatenation nor a rotated copy of the conditioning keys is ever built.
 //
+// The AMX level (kIsaAmx, bf16 inputs, the default where the CPU has AMX-BF16; numerics in
+// rolling_attention_amx.cpp) has its own task loop, run_tasks_amx: query tiles of up to
+// kAmxMaxTQ, key blocks of kAmxTK, every operand packed into 1 KB tiles; ring key rows are
+// transposed into tiles straight from the cache, conditioning keys rotated as above first.
+//
 // rolling_attention_fp8 (liveavatar_rt/ops/kv_fp8.py) runs the same tasks over E4M3 K/V with one
 // fp32 scale per (batch, token, head): each row is dequantized as it is gathered (exact code ->
 // fp32 table, times its scale in one fp32 product, rounded once to q's dtype) into a scratch
@@ -32,6 +37,7 @@ namespace cpu {
 namespace {
 
 constexpr int64_t kAhead = 4;  // rows prefetched ahead while packing
+constexpr int64_t kAmxRowBlocks = 2;  // AMX level: blocks of 16 queries per S = Q K^T, softmax, P V pass
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 struct View4 {  // a [B, L, H, D] tensor with a contiguous last dim: element strides
@@ -61,22 +67,25 @@ struct RaArgs {
   float scale_log2e;
 };
 
-// A 64-byte aligned, zeroed fp32 buffer, allocated once per thread chunk.
+// A 64-byte aligned fp32 buffer, allocated once per thread chunk; zeroed unless `zero` is false
+// (the AMX level writes every element before reading it).
 struct Scratch {
   struct Free {
     void operator()(float* p) const { std::free(p); }
   };
   std::unique_ptr<float, Free> ptr;
-  explicit Scratch(int64_t n) : ptr(static_cast<float*>(std::aligned_alloc(64, (n * 4 + 63) / 64 * 64))) {
+  explicit Scratch(int64_t n, bool zero = true)
+      : ptr(static_cast<float*>(std::aligned_alloc(64, (n * 4 + 63) / 64 * 64))) {
     TORCH_CHECK(ptr != nullptr, "liveavatar_rt::rolling_attention: out of memory for scratch");
-    std::fill(ptr.get(), ptr.get() + n, 0.f);
+    if (zero) std::fill(ptr.get(), ptr.get() + n, 0.f);
   }
   float* get() const { return ptr.get(); }
 };
 
-// Query tiles of one head split evenly (Lq = 96 -> one tile; 396 -> 2 x 200), 16-aligned.
-int64_t query_tile(int64_t Lq) {
-  const int64_t n = (Lq + kMaxTQ - 1) / kMaxTQ;
+// Query tiles of one head split evenly (Lq = 96 -> one tile; 396 -> 2 x 200), 16-aligned, at
+// most max_tq (kMaxTQ; kAmxMaxTQ at the AMX level).
+int64_t query_tile(int64_t Lq, int64_t max_tq = kMaxTQ) {
+  const int64_t n = (Lq + max_tq - 1) / max_tq;
   return ((Lq + n - 1) / n + 15) / 16 * 16;
 }
 
@@ -264,6 +273,87 @@ void run_tasks(const RaArgs& a, const RaKernels& kern, int64_t t0, int64_t t1) {
   }
 }
 
+// kIsaAmx (bf16 inputs; kernels and numerics in rolling_attention_amx.cpp): a task packs its
+// queries once into tiles, then per block of kAmxTK keys packs the keys (ring rows read in
+// place, conditioning keys rotated into kbuf, fp8 rows dequantized there first) and the values
+// (pairs of keys) into tiles, and runs S = Q K^T, the online softmax and O += P V. The tile
+// configuration is loaded at the start of a thread's chunk and released at its end (as torch's
+// own AMX kernels do around cpublas::brgemm), so no other code on the thread sees ours.
+void run_tasks_amx(const RaArgs& a, int64_t t0, int64_t t1) {
+  using T = c10::BFloat16;
+  const int64_t D = a.D, Dk = (D + 31) / 32 * 32, TQp = (a.TQ + 15) / 16 * 16, N = a.valid + a.Lc;
+  // fp32-sized scratch: bf16 / u32 buffers take half / one float per element
+  constexpr bool kNoZero = false;
+  Scratch qb(TQp * Dk / 2, kNoZero), kb(Dk / 2 * kAmxTK, kNoZero), vb(kAmxTK / 2 * Dk, kNoZero),
+      sb(16 * kAmxRowBlocks * kAmxTK, kNoZero), pb(16 * kAmxRowBlocks * kAmxTK / 2, kNoZero), ob(TQp * Dk, kNoZero),
+      m(TQp, kNoZero), l(TQp, kNoZero), kbuf(kAmxTK * Dk / 2, kNoZero), kdq(a.fp8 ? Dk / 2 : 1, kNoZero),
+      vdq(a.fp8 ? Dk : 1, kNoZero);
+  auto* Qb = reinterpret_cast<uint16_t*>(qb.get());
+  auto* Kb = reinterpret_cast<uint32_t*>(kb.get());
+  auto* Vb = reinterpret_cast<uint32_t*>(vb.get());
+  auto* Pb = reinterpret_cast<uint16_t*>(pb.get());
+  auto* Kr = reinterpret_cast<uint16_t*>(kbuf.get());  // rotated / dequantized keys, [kAmxTK][Dk]
+  const uint16_t* krows[kAmxTK];
+  const uint16_t* vsrc[kAmxTK];
+  amx_tiles_begin();
+  for (int64_t task = t0; task < t1; ++task) {
+    const int64_t qi = task % a.n_qt, h = (task / a.n_qt) % a.H, b = task / a.n_qt / a.H;
+    const int64_t i0 = qi * a.TQ, rows = std::min(a.TQ, a.Lq - i0), nrb = (rows + 15) / 16;
+    for (int64_t r = 0; r < nrb * 16; ++r) {
+      if (r + kAhead < rows) prefetch_row(a.q.row<T>(b, i0 + r + kAhead, h), D);
+      const T* q = r < rows ? a.q.row<T>(b, i0 + r, h) : nullptr;
+      amx_pack_q_row(reinterpret_cast<const uint16_t*>(q), r, D, Dk, Qb);
+    }
+    std::fill(m.get(), m.get() + TQp, kNegInf);
+    std::fill(l.get(), l.get() + TQp, 0.f);
+    std::fill(ob.get(), ob.get() + nrb * 16 * Dk, 0.f);
+    for (int64_t k0 = 0; k0 < N; k0 += kAmxTK) {
+      const int64_t nk = std::min(kAmxTK, N - k0), nkp = (nk + 31) / 32 * 32;
+      for (int64_t j0 = 0; j0 < nkp; j0 += 16) {  // groups of 16 keys: gathered, then packed
+        const int64_t n = std::clamp<int64_t>(nk - j0, 0, 16);
+        for (int64_t j = j0; j < j0 + n; ++j) {
+          const int64_t g = k0 + j, ga = g + kAhead;
+          if (ga < N) {
+            prefetch_kv<T>(a, ga < a.valid ? a.rk : a.ck, b, ga < a.valid ? ga : ga - a.valid, h);
+            prefetch_kv<T>(a, ga < a.valid ? a.rv : a.cv, b, ga < a.valid ? ga : ga - a.valid, h);
+          }
+          const bool ring = g < a.valid;
+          const int64_t l = ring ? g : g - a.valid;  // row in the ring or in the conditioning cache
+          uint16_t* kr = Kr + j * Dk;
+          if (ring) {  // in place (bf16), or dequantized into its kbuf row (fp8)
+            krows[j] = reinterpret_cast<const uint16_t*>(kv_row<T>(a, a.rk, a.rks, b, l, h, reinterpret_cast<T*>(kr)));
+          } else {
+            const T* k = kv_row<T>(a, a.ck, a.cks, b, l, h, reinterpret_cast<T*>(kdq.get()));
+            amx_rope_row(reinterpret_cast<const uint16_t*>(k), a.cos + l * (D / 2), a.sin + l * (D / 2), D, kr);
+            krows[j] = kr;
+          }
+          // fp8: value rows alternate between two scratch rows, so a pair's even row is still there.
+          T* vscratch = reinterpret_cast<T*>(reinterpret_cast<uint16_t*>(vdq.get()) + (j % 2) * Dk);
+          vsrc[j] = reinterpret_cast<const uint16_t*>(
+              kv_row<T>(a, ring ? a.rv : a.cv, ring ? a.rvs : a.cvs, b, l, h, vscratch));
+          if (j % 2 == 1) amx_pack_v_pair(vsrc[j - 1], vsrc[j], j / 2, D, Dk, Vb);
+          if (j % 2 == 0 && j + 1 == nk) amx_pack_v_pair(vsrc[j], nullptr, j / 2, D, Dk, Vb);
+        }
+        amx_pack_k16(krows + j0, n, j0 / 16, nkp / 16, D, Dk, Kb);
+      }
+      for (int64_t p = (nk + 1) / 2; p < nkp / 2; ++p) amx_pack_v_pair(nullptr, nullptr, p, D, Dk, Vb);
+      // 32 queries at a time: their scores and P stay in L1 between the three steps
+      for (int64_t rb = 0; rb < nrb; rb += kAmxRowBlocks) {
+        const int64_t nr = std::min(kAmxRowBlocks, nrb - rb);
+        amx_qk(Qb + rb * Dk * 16, Kb, sb.get(), nr, nkp, Dk);
+        amx_softmax(sb.get(), Pb, m.get() + rb * 16, l.get() + rb * 16, ob.get() + rb * 16 * Dk, nr, nk, nkp, Dk,
+                    a.scale_log2e);
+        amx_pv(Pb, Vb, ob.get() + rb * 16 * Dk, nr, nkp, Dk);
+      }
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      T* dst = static_cast<T*>(a.out) + ((b * a.Lq + i0 + r) * a.H + h) * D;
+      amx_store_row(ob.get(), r, D, Dk, 1.f / l.get()[r], reinterpret_cast<uint16_t*>(dst));
+    }
+  }
+  amx_tiles_end();
+}
+
 View4 view4(const at::Tensor& t) { return View4{t.data_ptr(), t.stride(0), t.stride(1), t.stride(2)}; }
 View3 view3(const at::Tensor& t) { return View3{t.data_ptr<float>(), t.stride(0), t.stride(1), t.stride(2)}; }
 
@@ -332,15 +422,17 @@ at::Tensor run(const at::Tensor& q_in, const at::Tensor& ring_k, const at::Tenso
   a.cos = cs.data_ptr<float>(), a.sin = sn.data_ptr<float>(), a.out = out.data_ptr();
   a.Lq = q.size(1), a.H = q.size(2), a.D = q.size(3), a.Dp = (a.D + 15) / 16 * 16;
   a.valid = valid, a.Lc = ck.size(1);
-  a.TQ = query_tile(a.Lq), a.n_qt = (a.Lq + a.TQ - 1) / a.TQ;
   a.scale_log2e = static_cast<float>(1.4426950408889634 / std::sqrt(static_cast<double>(a.D)));
   const bool bf16 = q.scalar_type() == at::kBFloat16;
   const int best = ra_best_isa();
   int level = isa < 0 || isa > best ? best : static_cast<int>(isa);
-  if (!bf16 && level == kIsaAvx512Bf16) level = kIsaAvx512;  // bf16 dot products: bf16 inputs only
-  const RaKernels& kern = ra_kernels(level);
+  if (!bf16 && level >= kIsaAvx512Bf16) level = kIsaAvx512;  // bf16 dot products / tiles: bf16 inputs only
+  a.TQ = query_tile(a.Lq, level == kIsaAmx ? kAmxMaxTQ : kMaxTQ), a.n_qt = (a.Lq + a.TQ - 1) / a.TQ;
+  const RaKernels& kern = ra_kernels(std::min(level, int(kIsaAvx512Bf16)));
   at::parallel_for(0, q.size(0) * a.H * a.n_qt, 1, [&](int64_t t0, int64_t t1) {
-    if (bf16) {
+    if (level == kIsaAmx) {
+      run_tasks_amx(a, t0, t1);
+    } else if (bf16) {
       run_tasks<c10::BFloat16>(a, kern, t0, t1);
     } else {
       run_tasks<float>(a, kern, t0, t1);

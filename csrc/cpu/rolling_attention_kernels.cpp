@@ -8,18 +8,15 @@
 // plain loops (other CPUs; CTest checks them everywhere). bf16 inputs use AVX512-BF16 dot
 // products for the scores where available: bf16 products are exact in fp32 and accumulate in
 // fp32, so only the summation order differs. With them, P V also runs on bf16 pairs (P
-// rounded to bf16, as flash attention does on GPU); otherwise P and V stay fp32.
+// rounded to bf16, as flash attention does on GPU); otherwise P and V stay fp32. The AMX level
+// (bf16 tile GEMMs, its own layouts) is rolling_attention_amx.cpp.
 #include "cpu/rolling_attention_kernels.h"
 #include "cpu/cpu_utils.h"
+#include "cpu/rolling_attention_simd.h"  // exp2_ps; defines LIVEAVATAR_RT_RA_AVX512 on x86-64
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-
-#if defined(__GNUC__) && defined(__x86_64__)
-#include <immintrin.h>
-#define LIVEAVATAR_RT_RA_AVX512 1
-#endif
 
 namespace liveavatar_rt::cpu {
 namespace {
@@ -79,20 +76,8 @@ void pv_portable(const void* P, const void* V, float* O, int64_t rows_p, int64_t
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 // ---- AVX-512 kernels (FMA: the summation order differs from torch's anyway) ---------------
-#define RA_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
 #define RA_AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,avx512bf16")))
-
-// 2^x: 2^round(x) by vscalefps (exact, 0 below -149) times a degree-6 fit of 2^f on
-// [-0.5, 0.5] (max error 0.7 ulp). x is clamped so that -inf gives 0, not NaN.
-RA_AVX512 inline __m512 exp2_ps(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-200.f));
-  const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 f = _mm512_sub_ps(x, n);
-  __m512 p = _mm512_set1_ps(1.546973217e-04f);
-  for (float c : {1.340043265e-03f, 9.618025273e-03f, 5.550327152e-02f, 2.402265072e-01f, 6.931471825e-01f, 1.f})
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c));
-  return _mm512_scalef_ps(p, n);
-}
+// exp2_ps (2^x, max error 0.7 ulp, -inf -> 0): rolling_attention_simd.h, shared with the AMX level.
 
 // kKR keys x NV vectors of 16 queries in registers; per step one QT row chunk, kKR broadcasts.
 // Step = one dim (fp32) or one dim pair (BF16: vdpbf16ps adds both exact products).
@@ -271,7 +256,8 @@ int ra_best_isa() {
     if (!(__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma")))
       return int(kIsaPortable);
-    return int(__builtin_cpu_supports("avx512bf16") ? kIsaAvx512Bf16 : kIsaAvx512);
+    if (!__builtin_cpu_supports("avx512bf16")) return int(kIsaAvx512);
+    return int(ra_amx_supported() ? kIsaAmx : kIsaAvx512Bf16);
   }();
   return best;
 #else

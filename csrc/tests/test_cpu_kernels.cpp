@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu/rolling_attention_kernels.h"
 #include "ops.h"
 #include "tests/test_util.h"
 
@@ -135,7 +136,7 @@ void test_rolling_attention() {
       {1, 3, 1, 40, 8, 0, 5, "cond only, D 40"},
   };
   const int64_t best = liveavatar_rt::rolling_attention_best_isa();
-  report(best >= 0 && best <= 2, "rolling_attention_best_isa() = " + std::to_string(best));
+  report(best >= 0 && best <= 3, "rolling_attention_best_isa() = " + std::to_string(best));
   for (auto dtype : {at::kFloat, at::kBFloat16}) {
     for (const Case& c : cases) {
       const auto q = at::randn({c.B, c.Lq, c.H, c.D}).to(dtype);
@@ -165,6 +166,21 @@ void test_rolling_attention() {
                    "rolling_attention strided " + name(dtype) + " isa " + std::to_string(isa));
     }
   }
+  // AMX level (after the cases above, so their random inputs stay as they were): 3 query blocks
+  // of 16 (one pass of 2, one of 1), 3 key blocks of kAmxTK, the last partial; every level.
+  for (auto dtype : {at::kFloat, at::kBFloat16}) {
+    const Case c{1, 40, 2, 64, 600, 530, 61, "several key blocks"};
+    const auto q = at::randn({c.B, c.Lq, c.H, c.D}).to(dtype);
+    const auto rk = at::randn({c.B, c.cap, c.H, c.D}).to(dtype), rv = at::randn({c.B, c.cap, c.H, c.D}).to(dtype);
+    const auto ck = (at::randn({c.B, c.Lc, c.H, c.D}) * 2).to(dtype), cv = at::randn({c.B, c.Lc, c.H, c.D}).to(dtype);
+    const auto ang = at::rand({c.Lc, c.D / 2}) * 6;
+    const auto want = rolling_attention_ref(q, rk, rv, c.valid, ck, cv, ang.cos(), ang.sin());
+    for (int64_t isa = 0; isa <= best; ++isa) {
+      expect_close(liveavatar_rt::rolling_attention_cpu_isa(q, rk, rv, c.valid, ck, cv, ang.cos(), ang.sin(), isa),
+                   want, dtype == at::kBFloat16 ? 1.0 / 256 : 0.0, dtype == at::kBFloat16 ? 1e-3 : 1e-5,
+                   "rolling_attention " + name(dtype) + " isa " + std::to_string(isa) + " " + c.what);
+    }
+  }
   const auto x = at::randn({1, 4, 2, 16}), cs = at::rand({3, 8});
   auto call = [&](const at::Tensor& q, int64_t valid, const at::Tensor& c) {
     return liveavatar_rt::rolling_attention_cpu_isa(q, x, x, valid, x.slice(1, 0, 3), x.slice(1, 0, 3), c, c, -1);
@@ -174,6 +190,29 @@ void test_rolling_attention() {
   expect_throws([&] { call(x, 4, cs.to(at::kDouble)); }, "cond_cos/cond_sin must be float32",
                 "rolling_attention rejects fp64 cos");
   expect_throws([&] { call(x.to(at::kBFloat16), 4, cs); }, "!= q dtype", "rolling_attention rejects mixed dtypes");
+}
+
+// The AMX level's conditioning-key rotation (vectorised) equals rope_apply bit for bit: float64
+// products and sums, rounded to fp32 then bf16, for head dims with and without a vector tail.
+void test_amx_rope_row() {
+  if (!liveavatar_rt::cpu::ra_amx_supported()) {
+    report(true, "amx_rope_row: skipped, this CPU/OS has no AMX");
+    return;
+  }
+  for (int64_t D : {128, 64, 48, 40, 2}) {
+    const int64_t L = 37;
+    auto x = (at::randn({1, L, 1, D}) * 3).to(at::kBFloat16);
+    x.index_put_({0, 0, 0, 0}, 1e-39);  // a denormal: rounded as the reference, not flushed
+    const auto ang = at::rand({L, D / 2}, at::kDouble) * 40;
+    const auto cs = ang.cos().to(at::kFloat), sn = ang.sin().to(at::kFloat);
+    auto got = at::empty_like(x);
+    for (int64_t l = 0; l < L; ++l) {
+      liveavatar_rt::cpu::amx_rope_row(reinterpret_cast<const uint16_t*>(x.data_ptr()) + l * D,
+                                       cs.data_ptr<float>() + l * (D / 2), sn.data_ptr<float>() + l * (D / 2), D,
+                                       reinterpret_cast<uint16_t*>(got.data_ptr()) + l * D);
+    }
+    expect_equal(got, rope_ref(x, cs, sn), "amx_rope_row D " + std::to_string(D));
+  }
 }
 
 void test_qk_norm_rope() {
@@ -231,6 +270,7 @@ int main() {
   test_rms_norm();
   test_modulate();
   test_rolling_attention();
+  test_amx_rope_row();
   test_qk_norm_rope();
   return summary();
 }

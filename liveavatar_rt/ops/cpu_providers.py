@@ -137,7 +137,10 @@ def _cpu_float(*ts: torch.Tensor, dtype: torch.dtype) -> bool:
 
 def rolling_attention(q, ring_k, ring_v, valid, cond_k, cond_v, cond_cos, cond_sin):
     """See ops/rolling_attention.py. Kernel form: q/k/v 4-D CPU tensors of one dtype (bf16|fp32),
-    fp32 cos/sin, at least one key; anything else runs the reference."""
+    fp32 cos/sin, at least one key; anything else runs the reference. The kernel runs this CPU's
+    best instruction-set level (`torch.ops.liveavatar_rt.rolling_attention_best_isa()`): for bf16
+    the AMX tile GEMMs where the CPU has AMX-BF16, else AVX512-BF16 dot products, else AVX-512
+    (csrc/cpu/rolling_attention_kernels.h; tests/ops/test_rolling_attention.py checks each level)."""
     if (
         q.dtype not in _DTYPES
         or not _cpu_float(q, ring_k, ring_v, cond_k, cond_v, dtype=q.dtype)
