@@ -7,14 +7,16 @@
 #                    installed with apt-get when missing, or a clear stop naming them without root
 #   make venv        .venv with torch==2.13.0, the runtime + test deps, editable liveavatar_rt
 #   make build       the C++ extension liveavatar_rt/_C*.so, in place (ninja, incremental)
-#   make test        sysdeps, then pytest (TRITON_INTERPRET=1), then nvcc-check and ctest
+#   make face-env    .venv-face: mediapipe==0.10.21 (MediaPipe FaceMesh, the eval's landmark measures) in its
+#                    own venv, since it needs numpy<2 / protobuf<5 and .venv has numpy 2 (eval/landmarks.py)
+#   make test        sysdeps, venv, build, face-env, then pytest (TRITON_INTERPRET=1), then nvcc-check and ctest
 #   make ctest       CMake build of csrc/cpu + the C++ kernel test, run by CTest
 #   make nvcc-check  syntax-check the torch-free CUDA kernel with plain nvcc (skips without nvcc)
 #   make demo        a short MP4 from the example portrait + speech with the tiny model
 #   make bench       pytest-benchmark microbenchmarks
-#   make clean       build outputs (keeps .venv); `make distclean` also removes .venv
+#   make clean       build outputs (keeps .venv); `make distclean` also removes .venv and .venv-face
 #
-# Targets are idempotent: stamp files (in .venv) and the built .so make repeated runs fast.
+# Targets are idempotent: stamp files (in .venv, .venv-face) and the built .so make repeated runs fast.
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := test
@@ -34,6 +36,15 @@ DEPS := "setuptools>=70.1" wheel "numpy>=1.26" "safetensors>=0.4" "tqdm>=4.66" "
 	"fastapi==0.163.2" "starlette==1.10.0" "uvicorn==0.54.0" "websockets==17.4" "prometheus-client==0.26.0" \
 	"playwright==1.65.2" "scikit-image==0.26.0"
 
+# The face landmark environment: pinned, numpy and protobuf too (mediapipe 0.10.21 requires numpy<2,
+# protobuf>=4.25.3,<5; these are what pip picks for it today, pinned so a rebuild gets the same).
+# Its other deps (jax, opencv-contrib-python, matplotlib, ...) come from mediapipe's own metadata.
+# eval finds it at .venv-face/bin/python; for another FACE_VENV set LIVEAVATAR_RT_FACE_PYTHON.
+FACE_VENV ?= .venv-face
+FACE_PY := $(FACE_VENV)/bin/python
+FACE_STAMP := $(FACE_VENV)/.liveavatar_rt-face-env
+FACE_DEPS := "mediapipe==0.10.21" "numpy==1.26.4" "protobuf==4.25.9"
+
 # Persistent caches inside the checkout (cold C++ builds take ~30-60 s on 2 cores); no ccache.
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/build/torch_extensions
 export TORCHINDUCTOR_CACHE_DIR ?= $(CURDIR)/build/inductor_cache
@@ -47,7 +58,7 @@ EXT_SOURCES := $(shell find csrc -path csrc/tests -prune -o \( -name '*.cpp' -o 
 CMAKE_BUILD_DIR := build/cmake
 NVCC ?= $(shell command -v nvcc 2>/dev/null || { test -x /usr/local/cuda/bin/nvcc && echo /usr/local/cuda/bin/nvcc; })
 
-.PHONY: sysdeps venv build test ctest nvcc-check demo bench train-tiny clean distclean
+.PHONY: sysdeps venv face-env build test ctest nvcc-check demo bench train-tiny clean distclean
 
 # System packages (one list, in liveavatar_rt/system_deps.py), checked on every run (cheap),
 # installed only when missing. The system Python runs it: no venv is needed yet.
@@ -65,6 +76,16 @@ $(VENV_STAMP): setup.py Makefile
 	LIVEAVATAR_RT_NO_EXT=1 $(PIP) install --disable-pip-version-check --no-build-isolation -e .
 	touch $@
 
+# The model ships inside the mediapipe wheel (nothing is downloaded at run time); the last line
+# loads it once through the worker the eval runs (liveavatar_rt/eval/face_worker.py --check).
+face-env: $(FACE_STAMP)
+
+$(FACE_STAMP): Makefile
+	test -x $(FACE_PY) || $(PYTHON) -m venv $(FACE_VENV)
+	$(FACE_PY) -m pip install --disable-pip-version-check $(FACE_DEPS)
+	$(FACE_PY) -I liveavatar_rt/eval/face_worker.py --check
+	touch $@
+
 build: $(EXT)
 
 $(EXT): $(VENV_STAMP) setup.py $(EXT_SOURCES)
@@ -72,7 +93,7 @@ $(EXT): $(VENV_STAMP) setup.py $(EXT_SOURCES)
 	touch $@
 
 # The browser test must run here (Chromium was just installed): a missing browser fails it.
-test: sysdeps venv build
+test: sysdeps venv build face-env
 	LIVEAVATAR_RT_REQUIRE_BROWSER=1 TRITON_INTERPRET=1 $(PY) -m pytest tests -q -x
 	$(MAKE) --no-print-directory nvcc-check
 	$(MAKE) --no-print-directory ctest
@@ -117,4 +138,4 @@ clean:
 	rm -rf build liveavatar_rt/_C*.so .pytest_cache .benchmarks
 
 distclean: clean
-	rm -rf $(VENV) *.egg-info
+	rm -rf $(VENV) $(FACE_VENV) *.egg-info

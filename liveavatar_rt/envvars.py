@@ -11,6 +11,7 @@ here: tests monkeypatch the environment). Standard library only, no package impo
 | LIVEAVATAR_RT_TOKEN | bearer token `liveavatar-rt serve` requires when --token is not given (serve/cli.py) | no auth |
 | LIVEAVATAR_RT_REQUIRE_BROWSER | "1": the browser test fails instead of skipping when Chromium / Playwright is missing (tests/serve/test_browser.py, `make test`) | skip |
 | LIVEAVATAR_RT_CHROMIUM | the Chromium binary of the browser test | /usr/bin/chromium |
+| LIVEAVATAR_RT_FACE_PYTHON | the Python of the face landmark environment, with mediapipe==0.10.21 (eval/landmarks.py) | `<repo>/.venv-face/bin/python` (`make face-env`) |
 | LIVEAVATAR_RT_NO_EXT | build time, any value but "" / "0": `pip install` builds no extension | build it |
 
 Two are read outside this module, by files that must run without the package importable:
@@ -31,6 +32,7 @@ TOKEN = "LIVEAVATAR_RT_TOKEN"
 REQUIRE_BROWSER = "LIVEAVATAR_RT_REQUIRE_BROWSER"
 CHROMIUM = "LIVEAVATAR_RT_CHROMIUM"
 NO_EXT = "LIVEAVATAR_RT_NO_EXT"
+FACE_PYTHON = "LIVEAVATAR_RT_FACE_PYTHON"
 
 # Variables read outside this module (see the module docstring): name -> (reader, default).
 OUTSIDE = {
@@ -72,3 +74,9 @@ def require_browser() -> bool:
     """LIVEAVATAR_RT_REQUIRE_BROWSER: True only when exactly "1" (`make test` sets it): the
     browser test fails rather than skips when Chromium or Playwright is missing."""
     return os.environ.get(REQUIRE_BROWSER) == "1"
+
+
+def face_python() -> Optional[str]:
+    """LIVEAVATAR_RT_FACE_PYTHON: the face environment's Python executable; None when unset or
+    empty (eval/landmarks.py then uses <repo>/.venv-face/bin/python, made by `make face-env`)."""
+    return os.environ.get(FACE_PYTHON) or None

@@ -2,6 +2,7 @@
 
     liveavatar-rt eval --minutes 60 --json out/eval.json [--csv out/eval.csv] [--plot out/eval.png]
                        [--model tiny] [--identity NAME] [--clips assets/eval] [--window 30]
+                       [--landmarks | --no-landmarks]    # MediaPipe FaceMesh measures (`make face-env`)
     liveavatar-rt eval --from-csv out/eval.csv --json out/eval.json   # re-summarize a (cut-off) run
 """
 from __future__ import annotations
@@ -28,10 +29,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     add_load_args(p)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--landmarks", action=argparse.BooleanOptionalAction, default=None,
+                   help="face landmark measures (MediaPipe FaceMesh in .venv-face, `make face-env`): detection "
+                        "rate, landmark lip gap vs truth and vs loudness (default: on when the face env exists)")
     p.add_argument("--from-csv", default=None, help="do not generate: summarize and plot an existing CSV")
 
 
 def run(args: argparse.Namespace) -> int:
+    from .landmarks import FaceEnvMissing, face_python
     from .longrun import EvalConfig, run_eval
     from .output import CsvLog, plot, read_rows, summarize, write_json
     from ..benchmark.hardware import fingerprint
@@ -45,7 +50,13 @@ def run(args: argparse.Namespace) -> int:
     else:
         cfg = EvalConfig(minutes=args.minutes, window_seconds=args.window, model=args.model, identity=args.identity,
                          clips_dir=args.clips, seed=args.seed, dtype=args.dtype, precision=args.precision,
-                         kv_cache_dtype=kv_cache_dtype(args), compile=args.compile, device=args.device)
+                         kv_cache_dtype=kv_cache_dtype(args), compile=args.compile, device=args.device,
+                         landmarks=args.landmarks)
+        if args.landmarks:  # asked for: stop before anything is loaded or written
+            try:
+                face_python()
+            except FaceEnvMissing as e:
+                raise SystemExit(f"liveavatar-rt eval --landmarks: {e}") from None
         with CsvLog(out_csv) as log:
             result = run_eval(cfg, on_row=log)
         rows = result.pop("rows")
@@ -63,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
     v = result["verdict"]
     print(f"eval: {result['windows']} windows, {result['video_minutes']:.2f} min of video; "
           f"no drift in {', '.join(v['drift_metrics'])}: {v['no_drift']}; all latents finite: {v['all_finite']}")
+    if "landmarks" in result:
+        print(f"  landmarks: {result['landmarks']}")
     for k, m in result["metrics"].items():
         tr = m["trend"]
         print(f"  {k:17s} mean {m['mean']:9.4g}  slope {tr['slope_per_minute']:+.3g}/min  p {tr['p_value']:.3g}  "

@@ -9,12 +9,16 @@ published rule drops 3 of the first block's 12 frames; the session pads them wit
 first, so drop is 0): measured, not assumed.
 
 Every `window_seconds` of produced video one row is recorded (see `ROW_FIELDS`): lip-sync
-correlation of the measured mouth opening with the truth (eval/lipsync.py), colour and identity
-drift vs the reference image and flicker (eval/metrics.py), non-finite values in the block
-latents, RSS, and the generation speed.
+correlation of the measured mouth opening with the truth (eval/lipsync.py), face landmark
+measures from MediaPipe FaceMesh (eval/landmarks.py: detection rate, landmark lip gap vs the
+truth, vs the audio loudness and vs the pixel opening; NaN when landmarks are off), colour and
+identity drift vs the reference image and flicker (eval/metrics.py), non-finite values in the
+block latents, RSS, and the generation speed. The loudness (RMS per video frame) is cut from the
+pushed audio with the truth, so it is aligned to the produced frames the same way.
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from dataclasses import dataclass
@@ -26,7 +30,7 @@ import torch
 
 from ..benchmark.memory import rss_mib
 from ..config import DTYPES
-from . import metrics
+from . import landmarks, metrics
 from .clips import DEFAULT_DIR, LoopedClips, load_clip_set
 
 # column -> meaning; the CSV header, the JSON rows and the plot panels follow this order
@@ -34,9 +38,10 @@ ROW_FIELDS = {
     "window": "window index",
     "video_minutes": "video time at the window's end, minutes",
     "wall_seconds": "wall time since the session started, s",
-    "gen_fps": "frames generated per wall second in this window",
+    "gen_fps": "frames generated per wall second in this window (the previous window's measuring excluded)",
     "lipsync_r": "Pearson r of measured mouth opening vs ground truth (best lag)",
     "lipsync_lag": "lag of the best r, frames",
+    **landmarks.WINDOW_FIELDS,
     "colour_delta_e": "Delta E (Lab) of the mean colour vs the reference",
     "colour_hist_dist": "RGB histogram total-variation distance vs the reference",
     "identity_dist": "gradient-descriptor cosine distance vs the reference",
@@ -44,6 +49,8 @@ ROW_FIELDS = {
     "nonfinite": "NaN/inf values in the window's block latents",
     "rss_mib": "resident memory at the window's end, MiB",
 }
+# columns a CSV may lack (written before they existed): read as NaN
+OPTIONAL_FIELDS = tuple(landmarks.WINDOW_FIELDS)
 # the metrics whose trend decides "no drift"
 DRIFT_METRICS = ("colour_delta_e", "colour_hist_dist", "identity_dist")
 
@@ -61,6 +68,7 @@ class EvalConfig:
     kv_cache_dtype: str | None = None  # "fp8": E4M3 K/V caches (cache/kv.py)
     compile: bool = False  # torch.compile the DiT blocks (model/compile.py)
     device: str = "cpu"
+    landmarks: bool | None = None  # face landmark measures: None = when the face env exists
 
     def __post_init__(self) -> None:
         if not self.minutes > 0:
@@ -78,6 +86,23 @@ def _lipsync_fns():
     except ImportError:
         return None
     return mouth_opening, lipsync_correlation
+
+
+def _landmarker(cfg: EvalConfig, log) -> tuple[landmarks.FaceLandmarker | None, str]:
+    """The face landmark worker, or None with why: off by request, or (cfg.landmarks None) the
+    face env is missing, which is then said on `log`. cfg.landmarks True and no env: FaceEnvMissing."""
+    if cfg.landmarks is False:
+        return None, "off (--no-landmarks): landmark columns are NaN"
+    try:
+        python = landmarks.face_python()
+    except landmarks.FaceEnvMissing as e:
+        if cfg.landmarks:
+            raise
+        if log is not None:
+            print(f"[eval] note: landmark measures off ({e})", file=log, flush=True)
+        return None, "off (no face env: `make face-env`): landmark columns are NaN"
+    lm = landmarks.FaceLandmarker(python)
+    return lm, (f"MediaPipe FaceMesh (mediapipe {lm.info['mediapipe']}, {python}): eval/landmarks.py")
 
 
 def reference_frame(image, pipe) -> np.ndarray:
@@ -109,10 +134,13 @@ class _Window:
 
 def run_eval(cfg: EvalConfig, on_row: Callable[[dict], None] | None = None, log=sys.stderr) -> dict:
     """Run the evaluation; `on_row(row)` sees every window row as soon as it is measured.
-    Returns {"config", "note", "weights", "identity", "frames", "drop", "wall_seconds", "rows", "lipsync"}."""
+    Returns {"config", "note", "weights", "identity", "frames", "drop", "wall_seconds", "rows", "lipsync",
+    "landmarks"}."""
     from ..engine import Pipeline
     from ..engine.session import STREAM_START_DROP
 
+    if cfg.landmarks:
+        landmarks.face_python()  # FaceEnvMissing before anything is loaded
     clip_set = load_clip_set(cfg.clips_dir)
     ident = clip_set.identity(cfg.identity)
     source = LoopedClips(clip_set, ident.name)
@@ -123,10 +151,15 @@ def run_eval(cfg: EvalConfig, on_row: Callable[[dict], None] | None = None, log=
         raise ValueError(f"clip set is at {clip_set.fps} fps, the model streams at {pipe.stream.fps} fps")
     ref = reference_frame(ident.image, pipe)
     lipsync = _lipsync_fns()
+    stack = contextlib.ExitStack()
+    lm, lm_note = _landmarker(cfg, log)
+    if lm is not None:
+        stack.enter_context(lm)
     fps = clip_set.fps
     target = max(1, round(cfg.minutes * 60 * fps))
     win_frames = max(1, round(cfg.window_seconds * fps))
     truth_parts: list[np.ndarray] = []
+    loud_parts: list[np.ndarray] = []  # audio RMS per input frame, aligned with truth_parts
     truth_len, emitted, drop = 0, 0, None
     rows: list[dict] = []
     window, prev_frame = _Window(), None
@@ -139,11 +172,15 @@ def run_eval(cfg: EvalConfig, on_row: Callable[[dict], None] | None = None, log=
         end = emitted - window.count()  # produced frames up to the end of `frames`
         start = end - len(frames)
         truth = np.concatenate(truth_parts)[start + drop:end + drop]
-        r, lag = float("nan"), float("nan")
+        loudness = np.concatenate(loud_parts)[start + drop:end + drop]
+        r, lag, opening = float("nan"), float("nan"), None
         if lipsync is not None:
-            r, lag = lipsync[1](lipsync[0](frames, ident.mouth_box), truth, max_lag=2)
+            opening = lipsync[0](frames, ident.mouth_box)
+            r, lag = lipsync[1](opening, truth, max_lag=2)
+        lmrow = landmarks.window_measures(lm.measure(frames) if lm is not None else None, truth, loudness, opening)
         row = {"window": len(rows), "video_minutes": end / fps / 60, "wall_seconds": now - t_start,
                "gen_fps": len(frames) / max(now - t_win, 1e-9), "lipsync_r": float(r), "lipsync_lag": float(lag),
+               **lmrow,
                "colour_delta_e": float(metrics.colour_delta_e(frames, ref).mean()),
                "colour_hist_dist": float(metrics.colour_histogram_distance(frames, ref).mean()),
                "identity_dist": float(metrics.identity_distance(frames, ref).mean()),
@@ -151,16 +188,17 @@ def run_eval(cfg: EvalConfig, on_row: Callable[[dict], None] | None = None, log=
                else float("nan"),
                "nonfinite": window.nonfinite, "rss_mib": rss_mib()}
         window.nonfinite = 0
-        prev_frame, t_win = frames[-1], now
+        prev_frame, t_win = frames[-1], time.perf_counter()  # measuring is not generation time
         rows.append(row)
         if on_row is not None:
             on_row(row)
         if log is not None:
-            print(f"[eval] {row['video_minutes']:7.2f} min  r {row['lipsync_r']:+.3f}  dE {row['colour_delta_e']:.2f}  "
+            print(f"[eval] {row['video_minutes']:7.2f} min  r {row['lipsync_r']:+.3f}  face {row['face_rate']:.2f}  "
+                  f"lm r {row['lm_lip_r']:+.3f} loud {row['lm_loudness_r']:+.3f}  dE {row['colour_delta_e']:.2f}  "
                   f"id {row['identity_dist']:.4f}  flicker {row['flicker']:.2f}  nonfinite {row['nonfinite']}  "
                   f"rss {row['rss_mib']:.0f} MiB  {row['gen_fps']:.1f} fps", file=log, flush=True)
 
-    with pipe.session(ident.image, seed=cfg.seed) as sess:
+    with stack, pipe.session(ident.image, seed=cfg.seed) as sess:
         blocks = sess.frames()
         n = 0
         while emitted < target:
@@ -168,6 +206,7 @@ def run_eval(cfg: EvalConfig, on_row: Callable[[dict], None] | None = None, log=
                 pcm, truth = source.next_clip()
                 sess.push_audio(pcm, clip_set.sample_rate)
                 truth_parts.append(truth)
+                loud_parts.append(landmarks.frame_rms(pcm, source.samples_per_frame))
                 truth_len += len(truth)
             block = next(blocks)
             n += 1
@@ -185,4 +224,5 @@ def run_eval(cfg: EvalConfig, on_row: Callable[[dict], None] | None = None, log=
             close_window(window.take(window.count()))
     return {"config": cfg.__dict__, "note": pipe.note, "weights": pipe.weights, "identity": ident.name, "mouth_box": list(ident.mouth_box),
             "frames": emitted, "drop": drop, "wall_seconds": time.perf_counter() - t_start, "rows": rows,
-            "lipsync": "eval/lipsync.py" if lipsync is not None else "unavailable (eval/lipsync.py missing): r is NaN"}
+            "lipsync": "eval/lipsync.py" if lipsync is not None else "unavailable (eval/lipsync.py missing): r is NaN",
+            "landmarks": lm_note}

@@ -10,14 +10,15 @@ from pathlib import Path
 import numpy as np
 
 from ..benchmark.report import write_json  # noqa: F401  (re-exported: NaN -> null JSON)
-from .longrun import DRIFT_METRICS, ROW_FIELDS
+from .longrun import DRIFT_METRICS, OPTIONAL_FIELDS, ROW_FIELDS
 from .trend import linear_trend
 
 # a drift metric "has a trend" when its slope is significant at this level AND the change over
 # the run exceeds this many standard deviations of the metric (significant-but-tiny is not drift)
 TREND_P = 0.01
 TREND_MIN_CHANGE_OVER_STD = 1.0
-PLOTTED = [k for k in ROW_FIELDS if k not in ("window", "video_minutes", "wall_seconds", "lipsync_lag")]
+PLOTTED = [k for k in ROW_FIELDS if k not in ("window", "video_minutes", "wall_seconds", "lipsync_lag", "lm_lip_lag",
+                                             "lm_loudness_lag")]
 
 
 class CsvLog:
@@ -46,13 +47,15 @@ class CsvLog:
 
 
 def read_rows(path: str | Path) -> list[dict]:
-    """Rows of a CSV written by CsvLog, as floats. Errors name the file and the missing columns."""
+    """Rows of a CSV written by CsvLog, as floats. Errors name the file and the missing columns;
+    the OPTIONAL_FIELDS (landmark measures) of a CSV written before they existed are NaN."""
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        missing = set(ROW_FIELDS) - set(reader.fieldnames or [])
+        have = set(reader.fieldnames or [])
+        missing = set(ROW_FIELDS) - have - set(OPTIONAL_FIELDS)
         if missing:
             raise ValueError(f"{path} is not an eval CSV: columns {sorted(missing)} are missing")
-        return [{k: float(r[k]) for k in ROW_FIELDS} for r in reader]
+        return [{k: float(r[k]) if k in have else float("nan") for k in ROW_FIELDS} for r in reader]
 
 
 def summarize(rows: list[dict]) -> dict:
