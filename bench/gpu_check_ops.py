@@ -115,6 +115,26 @@ def rolling_attention_cases(geo: Geometry, device) -> list[Case]:
             Case("rolling_attention", f"ring filling (valid={2 * geo.lq})", base, low, call(min(2 * geo.lq, geo.cap)))]
 
 
+def rolling_attention_fp8_cases(geo: Geometry, device) -> list[Case]:
+    """The same call with K/V stored as the fp8 cache stores them (ops/kv_fp8.py: E4M3 codes +
+    per-token, per-head fp32 scales); only q follows the working dtype."""
+    from liveavatar_rt.ops.kv_fp8 import quantize_kv
+
+    g, H, D = gen(device, 3), geo.cfg.num_heads, geo.cfg.head_dim
+    cos, sin = _rope_tables(geo, cond=True, device=device)
+    base = dict(q=randn(g, 1, geo.lq, H, D, scale=2.0), cos=cos, sin=sin)
+    for name, n, scale in (("rk", geo.cap, 2.0), ("rv", geo.cap, 1.0), ("ck", geo.lc, 2.0), ("cv", geo.lc, 1.0)):
+        base[name], base[name + "s"] = quantize_kv(randn(g, 1, n, H, D, scale=scale))
+
+    def call(valid):
+        return lambda t, dt: ((t["q"], t["rk"], t["rv"], t["rks"], t["rvs"], valid, t["ck"], t["cv"], t["cks"],
+                               t["cvs"], t["cos"], t["sin"]), {})
+
+    return [Case("rolling_attention_fp8", f"ring full (valid={geo.cap})", base, ("q",), call(geo.cap)),
+            Case("rolling_attention_fp8", f"ring filling (valid={2 * geo.lq})", base, ("q",),
+                 call(min(2 * geo.lq, geo.cap)))]
+
+
 def qk_norm_rope_cases(geo: Geometry, device) -> list[Case]:
     """q, k [1, Lq, C]; wq, wk [C] fp32; the block's RoPE tables; plus the form the ring cache
     uses: k_rot written into a slot view of a [1, cap, H, D] ring (`k_rot_out`)."""
@@ -139,6 +159,7 @@ def qk_norm_rope_cases(geo: Geometry, device) -> list[Case]:
 CASES: dict[str, Callable[[Geometry, torch.device], list[Case]]] = {
     "modulate": modulate_cases,
     "rolling_attention": rolling_attention_cases,
+    "rolling_attention_fp8": rolling_attention_fp8_cases,
     "qk_norm_rope": qk_norm_rope_cases,
 }
 
