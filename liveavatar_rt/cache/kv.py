@@ -56,6 +56,15 @@ def _same_layout(a: torch.Tensor | None, b: torch.Tensor) -> bool:
     return a is not None and a.shape == b.shape and a.dtype == b.dtype and a.device == b.device
 
 
+def _stored(k: torch.Tensor, v: torch.Tensor, fp8: bool) -> tuple[torch.Tensor, ...]:
+    """K/V [B, n, H, D] in the form both caches hold them: (k, v), or for fp8 (k8, v8, k scales,
+    v scales), the order of `RingCache.layer` / `CondCache.tensors`."""
+    if not fp8:
+        return k, v
+    (k8, ks), (v8, vs) = quantize_kv(k), quantize_kv(v)
+    return k8, v8, ks, vs
+
+
 def check_kv_dtype(kv_dtype: torch.dtype | None) -> bool:
     """True for an FP8 cache (E4M3), False for None (K/V kept in the compute dtype)."""
     if kv_dtype not in (None, E4M3):
@@ -91,9 +100,7 @@ class CondCache:
         autograd), a re-prefill of the same shape (the sink replacement) copies into the tensors
         already there: a captured CUDA graph reads them by address (engine/graphs.py)."""
         lists = (self.k, self.v, self.ks, self.vs) if self.fp8 else (self.k, self.v)
-        new = (*quantize_kv(k), *quantize_kv(v)) if self.fp8 else (k, v)
-        if self.fp8:
-            new = (new[0], new[2], new[1], new[3])  # (k8, v8, k scales, v scales)
+        new = _stored(k, v, self.fp8)
         if not torch.is_grad_enabled() and all(_same_layout(li[layer], t) for li, t in zip(lists, new)):
             for li, t in zip(lists, new):
                 li[layer].copy_(t)
@@ -158,9 +165,7 @@ class _RingAttend:
     def _write(self, k_rot: torch.Tensor | None, v: torch.Tensor) -> None:
         """k_rot (None: already written by qk_norm_rope), v: [B, n, H, D] into the plan's slots."""
         dst = self.ring.layer(self.layer)
-        src = (k_rot, v) if not self.ring.fp8 else (*quantize_kv(k_rot), *quantize_kv(v))
-        if self.ring.fp8:
-            src = (src[0], src[2], src[1], src[3])  # as layer(): (k8, v8, k scales, v scales)
+        src = _stored(k_rot, v, self.ring.fp8)  # k_rot is never None for fp8 (see `raw`)
         p, n = self.plan, v.shape[1]
         for d, t in zip(dst, src):
             if t is None:
