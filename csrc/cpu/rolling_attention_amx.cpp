@@ -126,63 +126,46 @@ RA_AMX inline __m512 reduce16(const __m512 v[16]) {
   return combine<MAX>(_mm512_shuffle_ps(z[0], z[1], 0x88), _mm512_shuffle_ps(z[0], z[1], 0xDD));
 }
 
-// S = Q K^T over row blocks [rb, rb + R) (R = 1 or 2) and 32 keys at jb, jb + 1.
-template <int R>
-RA_AMX inline void qk_block(const uint16_t* Qb, const uint32_t* Kb, float* Sb, int64_t rb, int64_t jb, int64_t njb,
-                            int64_t nkb) {
-  _tile_zero(0);
-  _tile_zero(1);
+// C += A B over row blocks [rb, rb + R) (R = 1 or 2) and 32 output columns at cb, cb + 1, as
+// bf16 tiles with fp32 accumulation: A [rows][nkb] tiles of 16 x 32 bf16 (512 B apart), B [nkb][ncb]
+// tiles in VNNI pairs, C [rows][ncb] tiles of 16 x 16 fp32 (256 floats apart). ACCUMULATE false
+// starts C from 0 (S = Q K^T), true from its contents (O += P V).
+template <int R, bool ACCUMULATE>
+RA_AMX inline void tile_gemm(const uint16_t* A, const uint32_t* B, float* C, int64_t rb, int64_t cb, int64_t ncb,
+                             int64_t nkb) {
+  if constexpr (ACCUMULATE) {
+    _tile_loadd(0, C + (rb * ncb + cb) * 256, 64);
+    _tile_loadd(1, C + (rb * ncb + cb + 1) * 256, 64);
+  } else {
+    _tile_zero(0);
+    _tile_zero(1);
+  }
   if constexpr (R == 2) {
-    _tile_zero(2);
-    _tile_zero(3);
+    if constexpr (ACCUMULATE) {
+      _tile_loadd(2, C + ((rb + 1) * ncb + cb) * 256, 64);
+      _tile_loadd(3, C + ((rb + 1) * ncb + cb + 1) * 256, 64);
+    } else {
+      _tile_zero(2);
+      _tile_zero(3);
+    }
   }
   for (int64_t kb = 0; kb < nkb; ++kb) {
-    _tile_loadd(6, Kb + (kb * njb + jb) * 256, 64);
-    _tile_loadd(7, Kb + (kb * njb + jb + 1) * 256, 64);
-    _tile_loadd(4, Qb + (rb * nkb + kb) * 512, 64);
+    _tile_loadd(6, B + (kb * ncb + cb) * 256, 64);
+    _tile_loadd(7, B + (kb * ncb + cb + 1) * 256, 64);
+    _tile_loadd(4, A + (rb * nkb + kb) * 512, 64);
     _tile_dpbf16ps(0, 4, 6);
     _tile_dpbf16ps(1, 4, 7);
     if constexpr (R == 2) {
-      _tile_loadd(5, Qb + ((rb + 1) * nkb + kb) * 512, 64);
+      _tile_loadd(5, A + ((rb + 1) * nkb + kb) * 512, 64);
       _tile_dpbf16ps(2, 5, 6);
       _tile_dpbf16ps(3, 5, 7);
     }
   }
-  _tile_stored(0, Sb + (rb * njb + jb) * 256, 64);
-  _tile_stored(1, Sb + (rb * njb + jb + 1) * 256, 64);
+  _tile_stored(0, C + (rb * ncb + cb) * 256, 64);
+  _tile_stored(1, C + (rb * ncb + cb + 1) * 256, 64);
   if constexpr (R == 2) {
-    _tile_stored(2, Sb + ((rb + 1) * njb + jb) * 256, 64);
-    _tile_stored(3, Sb + ((rb + 1) * njb + jb + 1) * 256, 64);
-  }
-}
-
-// O += P V over row blocks [rb, rb + R) and 32 output dims at db, db + 1.
-template <int R>
-RA_AMX inline void pv_block(const uint16_t* Pb, const uint32_t* Vb, float* Ob, int64_t rb, int64_t db, int64_t ndb,
-                            int64_t nkb) {
-  _tile_loadd(0, Ob + (rb * ndb + db) * 256, 64);
-  _tile_loadd(1, Ob + (rb * ndb + db + 1) * 256, 64);
-  if constexpr (R == 2) {
-    _tile_loadd(2, Ob + ((rb + 1) * ndb + db) * 256, 64);
-    _tile_loadd(3, Ob + ((rb + 1) * ndb + db + 1) * 256, 64);
-  }
-  for (int64_t kb = 0; kb < nkb; ++kb) {
-    _tile_loadd(6, Vb + (kb * ndb + db) * 256, 64);
-    _tile_loadd(7, Vb + (kb * ndb + db + 1) * 256, 64);
-    _tile_loadd(4, Pb + (rb * nkb + kb) * 512, 64);
-    _tile_dpbf16ps(0, 4, 6);
-    _tile_dpbf16ps(1, 4, 7);
-    if constexpr (R == 2) {
-      _tile_loadd(5, Pb + ((rb + 1) * nkb + kb) * 512, 64);
-      _tile_dpbf16ps(2, 5, 6);
-      _tile_dpbf16ps(3, 5, 7);
-    }
-  }
-  _tile_stored(0, Ob + (rb * ndb + db) * 256, 64);
-  _tile_stored(1, Ob + (rb * ndb + db + 1) * 256, 64);
-  if constexpr (R == 2) {
-    _tile_stored(2, Ob + ((rb + 1) * ndb + db) * 256, 64);
-    _tile_stored(3, Ob + ((rb + 1) * ndb + db + 1) * 256, 64);
+    _tile_stored(2, C + ((rb + 1) * ncb + cb) * 256, 64);
+    _tile_stored(3, C + ((rb + 1) * ncb + cb + 1) * 256, 64);
   }
 }
 
@@ -253,9 +236,9 @@ RA_AMX void amx_qk(const uint16_t* Qb, const uint32_t* Kb, float* Sb, int64_t nr
   for (int64_t rb = 0; rb < nrb; rb += 2) {
     for (int64_t jb = 0; jb < njb; jb += 2) {
       if (rb + 1 < nrb) {
-        qk_block<2>(Qb, Kb, Sb, rb, jb, njb, nkb);
+        tile_gemm<2, false>(Qb, Kb, Sb, rb, jb, njb, nkb);
       } else {
-        qk_block<1>(Qb, Kb, Sb, rb, jb, njb, nkb);
+        tile_gemm<1, false>(Qb, Kb, Sb, rb, jb, njb, nkb);
       }
     }
   }
@@ -266,9 +249,9 @@ RA_AMX void amx_pv(const uint16_t* Pb, const uint32_t* Vb, float* Ob, int64_t nr
   for (int64_t rb = 0; rb < nrb; rb += 2) {
     for (int64_t db = 0; db < ndb; db += 2) {
       if (rb + 1 < nrb) {
-        pv_block<2>(Pb, Vb, Ob, rb, db, ndb, nkb);
+        tile_gemm<2, true>(Pb, Vb, Ob, rb, db, ndb, nkb);
       } else {
-        pv_block<1>(Pb, Vb, Ob, rb, db, ndb, nkb);
+        tile_gemm<1, true>(Pb, Vb, Ob, rb, db, ndb, nkb);
       }
     }
   }
