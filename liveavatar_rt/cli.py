@@ -78,6 +78,7 @@ def load_pipeline(args: argparse.Namespace):
     return Pipeline.from_pretrained(args.model, device=args.device, dtype=DTYPES[args.dtype], seed=args.seed,
                                     layout=args.layout, max_area=args.max_area, ring=ring, precision=args.precision,
                                     decoder=args.decoder, kv_cache_dtype=kv_cache_dtype(args), compile=args.compile,
+                                    schedule=args.schedule,
                                     stream=StreamConfig(cuda_graphs=CUDA_GRAPH_CHOICES[args.cuda_graphs]))
 
 

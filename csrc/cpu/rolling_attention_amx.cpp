@@ -25,7 +25,7 @@
 // process the tile data state only on request (arch_prctl ARCH_REQ_XCOMP_PERM): asked once in
 // ra_amx_supported(); without it (old kernel, or a hypervisor hiding AMX) the level is absent.
 #include "cpu/rolling_attention_kernels.h"
-#include "cpu/rolling_attention_simd.h"
+#include "cpu/avx512.h"
 
 #include <algorithm>
 #include <cstring>
@@ -58,22 +58,6 @@ struct alignas(64) TileConfig {
   uint8_t rows[16];
 };
 
-// fp32 -> bf16 bits, round to nearest even, NaN -> 0x7FC0: float_to_bf16_bits (cpu_utils.h), 16 lanes.
-RA_AMX inline __m256i bf16_rne(__m512 x) {
-  const __m512i u = _mm512_castps_si512(x);
-  const __m512i bias = _mm512_add_epi32(_mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1)),
-                                        _mm512_set1_epi32(0x7FFF));
-  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, bias), 16);
-  const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7FFFFFFF)),
-                                                _mm512_set1_epi32(0x7F800000));
-  r = _mm512_mask_mov_epi32(r, nan, _mm512_set1_epi32(0x7FC0));
-  return _mm512_cvtepi32_epi16(r);
-}
-
-// The first n lanes (none for n <= 0).
-inline __mmask16 mask16(int64_t n) {
-  return n >= 16 ? __mmask16(0xFFFF) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1u);
-}
 inline __mmask32 mask32(int64_t n) {
   return n >= 32 ? __mmask32(0xFFFFFFFFu) : n <= 0 ? __mmask32(0) : __mmask32((1u << n) - 1u);
 }

@@ -12,7 +12,7 @@
 // (bf16 tile GEMMs, its own layouts) is rolling_attention_amx.cpp.
 #include "cpu/rolling_attention_kernels.h"
 #include "cpu/cpu_utils.h"
-#include "cpu/rolling_attention_simd.h"  // exp2_ps; defines LIVEAVATAR_RT_RA_AVX512 on x86-64
+#include "cpu/avx512.h"  // exp2_ps; defines LIVEAVATAR_RT_RA_AVX512 on x86-64
 
 #include <algorithm>
 #include <cmath>
@@ -77,7 +77,7 @@ void pv_portable(const void* P, const void* V, float* O, int64_t rows_p, int64_t
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 // ---- AVX-512 kernels (FMA: the summation order differs from torch's anyway) ---------------
 #define RA_AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,avx512bf16")))
-// exp2_ps (2^x, max error 0.7 ulp, -inf -> 0): rolling_attention_simd.h, shared with the AMX level.
+// exp2_ps (2^x, max error 0.7 ulp, -inf -> 0): avx512.h, shared with the AMX level.
 
 // kKR keys x NV vectors of 16 queries in registers; per step one QT row chunk, kKR broadcasts.
 // Step = one dim (fp32) or one dim pair (BF16: vdpbf16ps adds both exact products).
@@ -253,9 +253,7 @@ int ra_best_isa() {
 #ifdef LIVEAVATAR_RT_RA_AVX512
   static const int best = [] {
     __builtin_cpu_init();
-    if (!(__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma")))
-      return int(kIsaPortable);
+    if (!avx512_supported()) return int(kIsaPortable);
     if (!__builtin_cpu_supports("avx512bf16")) return int(kIsaAvx512);
     return int(ra_amx_supported() ? kIsaAmx : kIsaAvx512Bf16);
   }();

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from .report import COMPARE_SCHEMA, SCHEMA, format_text, validate, write_json
 
     cfg = BenchConfig(model=args.model, blocks=args.blocks, warmup=args.warmup, image=args.image, audio=args.audio,
-                      seed=args.seed, dtype=args.dtype, precision=args.precision, kv_cache_dtype=kv_cache_dtype(args), compile=args.compile, decoder=args.decoder, device=args.device, provider=args.provider,
+                      seed=args.seed, dtype=args.dtype, precision=args.precision, kv_cache_dtype=kv_cache_dtype(args), compile=args.compile, schedule=args.schedule, decoder=args.decoder, device=args.device, provider=args.provider,
                       layout=args.layout, encode=args.encode, peak_n=args.peak_n,
                       threads=args.threads)
     if args.compare:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ..config import AUDIO_RATE, DTYPES
+from ..engine.pipelined import check_schedule
 from .flops import block_flops
 from .profile import op_shares, start_profiler
 from .memory import gpu_peak_mib, peak_rss_mib, reset_gpu_peak, rss_mib
@@ -46,6 +47,9 @@ class BenchConfig:
     decoder: str | None = None  # a TAEHV-layout decoder file instead of the VAE's decoder
     kv_cache_dtype: str | None = None  # "fp8": E4M3 K/V caches (cache/kv.py)
     compile: bool = False  # torch.compile the DiT blocks (model/compile.py)
+    # "pipelined": TPP in one process (engine/pipelined.py); the audio is then pushed as many
+    # blocks ahead as there are steps, so the batch can fill
+    schedule: str = "sequential"
     device: str = "cpu"
     provider: str | None = None  # None: the best provider per op; "ref": reference ops everywhere
     layout: str = "1"  # "1": one process; a TPP layout ("4+1", "2+1", "2", ...) spawns local ranks
@@ -65,6 +69,7 @@ class BenchConfig:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0 (0: torch's default), got {self.threads}")
+        check_schedule(self.schedule)
 
 
 def looped_audio(path: str, seconds: float, rate: int = AUDIO_RATE) -> np.ndarray:
@@ -88,7 +93,7 @@ def _open(cfg: BenchConfig):
     return Pipeline.from_pretrained(cfg.model, device=cfg.device, dtype=DTYPES[cfg.dtype], seed=cfg.seed,
                                     force_provider=cfg.provider, quiet=True, layout=cfg.layout,
                                     precision=cfg.precision, decoder=cfg.decoder,
-                                    kv_cache_dtype=cfg.kv_cache_dtype, compile=cfg.compile)
+                                    kv_cache_dtype=cfg.kv_cache_dtype, compile=cfg.compile, schedule=cfg.schedule)
 
 
 def run_session(cfg: BenchConfig, keep_outputs: bool = False, profile: bool = False) -> dict:
@@ -103,7 +108,10 @@ def run_session(cfg: BenchConfig, keep_outputs: bool = False, profile: bool = Fa
     pipe = _open(cfg)
     load_s = time.perf_counter() - t0
     spb = 4 * pipe.stream.frames_per_block * AUDIO_RATE // pipe.stream.fps  # samples per block (7680)
-    pcm = looped_audio(cfg.audio, cfg.blocks * spb / AUDIO_RATE + 0.1)
+    # pipelined: audio for the blocks the batch holds besides block n, and as much past the last
+    # timed block, so every timed block runs in full batches (a long stream's steady state)
+    ahead = pipe.stream.sampling_steps - 1 if pipe.schedule == "pipelined" else 0
+    pcm = looped_audio(cfg.audio, (cfg.blocks + ahead) * spb / AUDIO_RATE + 0.1)
     per_block, n_frames, latents, videos = [], [], [], []
     try:
         t_sess = time.perf_counter()
@@ -124,7 +132,7 @@ def run_session(cfg: BenchConfig, keep_outputs: bool = False, profile: bool = Fa
                 if profile and n == cfg.warmup:
                     prof = start_profiler()
                 tb = time.perf_counter()
-                while sess.audio.blocks_ready() <= n and pushed < len(pcm):
+                while sess.audio.blocks_ready() <= n + ahead and pushed < len(pcm):
                     sess.push_audio(pcm[pushed:pushed + spb], AUDIO_RATE)
                     pushed += spb
                 if n == cfg.blocks - 1:
@@ -182,13 +190,18 @@ def bench(cfg: BenchConfig, raw: dict | None = None, peak: dict | None = None) -
     steady = per[cfg.warmup:]
     steady_frames = sum(frames[cfg.warmup:])
     step_keys = [f"step{i}" for i in range(stream.sampling_steps)]
-    for t in per:
-        if all(k in t for k in step_keys + ["audio_encoder"]):
-            t["denoise"] = t["audio_encoder"] + sum(t[k] for k in step_keys)
+    for t in per:  # "dit": the pipelined schedule's forwards charged to this block (no per-step times)
+        if "dit" not in t and all(k in t for k in step_keys):
+            t["dit"] = sum(t[k] for k in step_keys)
+        if "dit" in t and "audio_encoder" in t:
+            t["denoise"] = t["audio_encoder"] + t["dit"]
     stages = {k: _stage(steady, k) for k in ["audio_features", "audio_encoder", *step_keys, "denoise",
                                               "vae_decode", "video_encode", "block_e2e"]}
+    # the DiT's seconds per block (the steps, or the pipelined forwards charged to it) and the
+    # pipelined schedule's mean batch height: present when measured
+    stages.update({k: v for k in ("dit", "rows") if (v := _stage(steady, k)) is not None})
     e2e_s = sum(t["block_e2e"] for t in steady)
-    dit_s = sum(sum(t[k] for k in step_keys) for t in steady) if stages["step0"] is not None else None
+    dit_s = stages["dit"]["total"] if "dit" in stages else None
     flops = sum(block_flops(mcfg, stream, raw["latent_hw"], cfg.warmup + i) for i in range(len(steady)))
     achieved = flops / dit_s if dit_s else None
     return {

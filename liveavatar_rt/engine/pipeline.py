@@ -36,6 +36,7 @@ from ..model.vae import VAEConfig, WanVAE
 from ..ops import OpTable
 from .conditioning import ConditioningCache
 from .executor import LocalExecutor, SessionSpec
+from .pipelined import PipelinedExecutor, check_schedule
 from .positions import PositionPolicy
 from .session import STREAM_START_DROP, Session
 
@@ -85,6 +86,7 @@ class Pipeline:
         self._decoder = vae  # what decodes the video: the VAE, or a TAEHV (from_pretrained(decoder=...))
         self._kv_cache_dtype = None  # None: K/V caches in the compute dtype; "fp8" (from_pretrained)
         self._compiled = False  # from_pretrained(compile=True): the DiT blocks under torch.compile
+        self._schedule = "sequential"  # from_pretrained(schedule=...): how one process runs the steps
 
     @property
     def stream(self) -> StreamConfig:
@@ -123,6 +125,12 @@ class Pipeline:
         return self._compiled
 
     @property
+    def schedule(self) -> str:
+        """How this process runs the denoising steps (from_pretrained(schedule=...)):
+        'sequential' (each block's steps in turn) or 'pipelined' (engine/pipelined.py)."""
+        return self._schedule
+
+    @property
     def kv_dtype(self) -> torch.dtype | None:
         """The torch storage dtype of the K/V caches: None (the compute dtype) or E4M3."""
         return None if self._kv_cache_dtype is None else KV_CACHE_DTYPES[self._kv_cache_dtype]
@@ -153,7 +161,8 @@ class Pipeline:
                         quiet: bool = False, *, layout: str = "1", stream: StreamConfig | None = None,
                         max_area: int | None = None, ring=None, precision: str = "bf16",
                         decoder: str | os.PathLike | None = None,
-                        kv_cache_dtype: str | None = None, compile: bool = False) -> "Pipeline":
+                        kv_cache_dtype: str | None = None, compile: bool = False,
+                        schedule: str = "sequential") -> "Pipeline":
         """Load a model: 'tiny' (packaged weights, or seeded random ones until trained weights
         ship), a tiny single-file model (`*.safetensors` written by
         `liveavatar_rt.io.tiny.save_tiny`, e.g. a candidate from recipes/tiny/train/export.py
@@ -178,13 +187,18 @@ class Pipeline:
         with one fp32 scale per token and head: ~half the cache memory of bf16; cache/kv.py).
         compile: torch.compile the DiT blocks (model/compile.py: inductor, the elementwise ops on
         their references so it can fuse them, the cache step eager); the first block of each
-        session shape compiles (seconds)."""
+        session shape compiles (seconds).
+        schedule (layout "1"): "sequential" (each block's steps in turn: the lowest latency) or
+        "pipelined" (TPP in one process, engine/pipelined.py: the next step of every block in
+        flight runs as one batch; faster when audio is ahead of the video, e.g. offline).
+        A ring already pipelines across processes."""
         check_precision(precision, dtype)
+        check_schedule(schedule)
         check_kv_cache_dtype(kv_cache_dtype)
         load = dict(name_or_path=name_or_path, device=device, dtype=dtype, seed=seed, force_provider=force_provider,
                     stream=stream, max_area=max_area, precision=precision,
                     decoder=None if decoder is None else str(decoder), kv_cache_dtype=kv_cache_dtype,
-                    compile=bool(compile))
+                    compile=bool(compile), schedule=schedule)
         if _is_single(layout):
             if ring is not None:
                 raise ValueError("ring options need a TPP layout ('4+1', '2+1', '2', ...), not layout '1'")
@@ -192,6 +206,9 @@ class Pipeline:
         from ..parallel.launch import RingOptions, rank_device, start_ring, torchrun_rank
         from ..parallel.layout import Layout
 
+        if schedule != "sequential":
+            raise ValueError(f"schedule={schedule!r} is TPP in one process; layout {layout!r} is a TPP ring, "
+                             "which already pipelines the steps across processes: use layout '1'")
         lay, opts = Layout.parse(layout), ring or RingOptions()
         if opts.torchrun():
             device = load["device"] = rank_device(device, torchrun_rank())
@@ -220,6 +237,7 @@ class Pipeline:
         if load.get("decoder"):
             pipe._decoder = load_decoder(load["decoder"], pipe.vae, dtype, device)
         pipe._kv_cache_dtype = load.get("kv_cache_dtype")
+        pipe._schedule = load.get("schedule", "sequential")
         if compiled:
             compile_blocks(pipe.model)
             pipe._compiled = True
@@ -357,7 +375,7 @@ class Pipeline:
     def _executor(self, spec: SessionSpec, wake):
         """The block executor of a new session: this process, or the ring (one session at a time)."""
         if self._ring is None:
-            return LocalExecutor(self, spec)
+            return PipelinedExecutor(self, spec) if self._schedule == "pipelined" else LocalExecutor(self, spec)
         return self._ring.open(spec, wake)
 
     def close(self) -> None:

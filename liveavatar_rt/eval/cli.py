@@ -50,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         cfg = EvalConfig(minutes=args.minutes, window_seconds=args.window, model=args.model, identity=args.identity,
                          clips_dir=args.clips, seed=args.seed, dtype=args.dtype, precision=args.precision,
-                         kv_cache_dtype=kv_cache_dtype(args), compile=args.compile, device=args.device,
+                         kv_cache_dtype=kv_cache_dtype(args), compile=args.compile, schedule=args.schedule,
+                         device=args.device,
                          landmarks=args.landmarks)
         if args.landmarks:  # asked for: stop before anything is loaded or written
             try:

@@ -67,6 +67,7 @@ class EvalConfig:
     precision: str = "bf16"  # "fp8": the published --fp8 linears
     kv_cache_dtype: str | None = None  # "fp8": E4M3 K/V caches (cache/kv.py)
     compile: bool = False  # torch.compile the DiT blocks (model/compile.py)
+    schedule: str = "sequential"  # "pipelined": TPP in one process (engine/pipelined.py)
     device: str = "cpu"
     landmarks: bool | None = None  # face landmark measures: None = when the face env exists
 
@@ -146,7 +147,8 @@ def run_eval(cfg: EvalConfig, on_row: Callable[[dict], None] | None = None, log=
     source = LoopedClips(clip_set, ident.name)
     dtype = DTYPES[cfg.dtype]
     pipe = Pipeline.from_pretrained(cfg.model, device=cfg.device, dtype=dtype, seed=cfg.seed, quiet=True,
-                                    precision=cfg.precision, kv_cache_dtype=cfg.kv_cache_dtype, compile=cfg.compile)
+                                    precision=cfg.precision, kv_cache_dtype=cfg.kv_cache_dtype, compile=cfg.compile,
+                                    schedule=cfg.schedule)
     if pipe.stream.fps != clip_set.fps:
         raise ValueError(f"clip set is at {clip_set.fps} fps, the model streams at {pipe.stream.fps} fps")
     ref = reference_frame(ident.image, pipe)

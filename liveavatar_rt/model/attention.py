@@ -70,6 +70,10 @@ class SelfAttention(QKVAttention):
 class CrossAttention(QKVAttention):
     def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """x: [B, L, C] (any float dtype; rounded to the compute dtype by the q projection);
-        kv: `project_kv(context)`, computed once per session for the text. -> [B, L, C]."""
+        kv: `project_kv(context)`, computed once per session for the text: [B or 1, Lk, H, D]
+        (one text for a batch of rows, e.g. the pipelined schedule's blocks). -> [B, L, C]."""
         q = self._heads(self.norm_q(self.q(x)))
-        return self.o(self.ops.attention(q, *kv).flatten(2))
+        k, v = kv
+        if k.shape[0] == 1 and q.shape[0] > 1:  # a view: every row reads the same keys
+            k, v = k.expand(q.shape[0], *k.shape[1:]), v.expand(q.shape[0], *v.shape[1:])
+        return self.o(self.ops.attention(q, k, v).flatten(2))

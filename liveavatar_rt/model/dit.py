@@ -154,22 +154,25 @@ class CausalWanS2V(nn.Module):
 
     @torch.no_grad()
     def forward_block(self, latent: torch.Tensor, t: torch.Tensor, cond_states: torch.Tensor, text_kv: TextKV,
-                      audio: tuple[torch.Tensor, torch.Tensor], attend: Callable[[int], AttendFn]) -> torch.Tensor:
+                      audio: tuple[torch.Tensor, torch.Tensor], attend: Callable[[int], AttendFn],
+                      temb: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Inference: one denoising step of one block (see `forward`)."""
-        return self(latent, t, cond_states, text_kv, audio, attend)
+        return self(latent, t, cond_states, text_kv, audio, attend, temb)
 
     def forward(self, latent: torch.Tensor, t: torch.Tensor, cond_states: torch.Tensor, text_kv: TextKV,
-                audio: tuple[torch.Tensor, torch.Tensor], attend: Callable[[int], AttendFn]) -> torch.Tensor:
+                audio: tuple[torch.Tensor, torch.Tensor], attend: Callable[[int], AttendFn],
+                temb: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """The velocity of noisy latent frames (differentiable; training calls it directly).
 
         latent: [B, 16, F, h, w]; t: [B, F] timesteps; cond_states: [B, 16, F, h, w] (pose,
         zeros when absent); audio: `audio_tokens(...)` for these frames; `attend(layer)` decides
-        what each frame attends to (the ring cache at inference, a mask in training).
+        what each frame attends to (the ring cache at inference, a mask in training); temb:
+        `time_embed(t)` when the caller keeps it (it depends on t only), else computed here.
         -> velocity, same shape as latent, in the compute dtype."""
         B, _, Fr, H, W = latent.shape
         x = self.patch_embedding(latent) + self.cond_encoder(cond_states)
         x = x + self.trainable_cond_mask.weight[0].to(x.dtype)
-        e, e0 = self.time_embed(t)
+        e, e0 = self.time_embed(t) if temb is None else temb
         tokens, glob = audio
         for i, blk in enumerate(self.blocks):
             x = blk(x, e0, text_kv[i], attend(i))

@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
           file=sys.stderr)
     engine = Engine.load(args.model, tpp=args.tpp, seed=args.seed, dtype=args.dtype,
                          precision=args.precision, decoder=args.decoder,
-                         kv_cache_dtype=kv_cache_dtype(args), compile=args.compile)
+                         kv_cache_dtype=kv_cache_dtype(args), compile=args.compile, schedule=args.schedule)
     if engine.note:
         print(f"note: {engine.note}", file=sys.stderr)
     if not args.no_warmup:

@@ -32,13 +32,13 @@ class Engine:
     @classmethod
     def load(cls, model: str = "tiny", tpp: str | None = None, seed: int = 0, dtype: str = "bf16",
              device: str = "cpu", precision: str = "bf16", decoder: str | None = None,
-             kv_cache_dtype: str | None = None, compile: bool = False) -> "Engine":
+             kv_cache_dtype: str | None = None, compile: bool = False, schedule: str = "sequential") -> "Engine":
         from ..engine import Pipeline
 
         return cls(Pipeline.from_pretrained(model, device=device, dtype=DTYPES[dtype], seed=seed, quiet=True,
                                             layout=tpp or "1", precision=precision,
                                             decoder=decoder, kv_cache_dtype=kv_cache_dtype,
-                                            compile=compile))
+                                            compile=compile, schedule=schedule))
 
     @property
     def capacity_limit(self) -> int | None:

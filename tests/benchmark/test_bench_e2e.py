@@ -65,6 +65,23 @@ def test_figures_are_consistent(bench_json):
     assert r["memory"]["peak_rss_mib"] >= 0.98 * r["memory"]["rss_end_mib"] > 0
 
 
+def test_pipelined_schedule_reports_the_dit_per_block(tmp_path, small_image):
+    """--schedule pipelined: no per-step times (a forward serves several blocks); each block's
+    "dit" is the forwards charged to it, "rows" their mean batch height, and the DiT figures
+    come from "dit"."""
+    path = tmp_path / "pipelined.json"
+    assert bench_main(SHORT + ["--image", small_image, "--schedule", "pipelined", "--no-encode",
+                               "--json", str(path)]) == 0
+    r = json.loads(path.read_text())
+    assert report.validate(r) == [] and r["config"]["schedule"] == "pipelined"
+    st = r["stages"]
+    assert st["step0"] is None and st["dit"]["n"] == 2 and 1 <= st["rows"]["min"] <= st["rows"]["p95"] <= 4
+    assert st["denoise"]["total"] == pytest.approx(st["audio_encoder"]["total"] + st["dit"]["total"], rel=1e-9)
+    assert r["flops"]["dit_seconds_steady"] == pytest.approx(st["dit"]["total"], rel=1e-9)
+    assert r["flops"]["fraction_of_peak"] > 0
+    assert r["model"]["frames"] == 9 + 12 * 2  # the same blocks as the sequential schedule
+
+
 def test_validate_names_missing_and_wrong_fields(bench_json):
     bad = json.loads(json.dumps(bench_json))
     del bad["fps"]["steady_e2e"]
@@ -136,3 +153,5 @@ def test_stats_and_config_errors():
         BenchConfig(blocks=2, warmup=2)
     with pytest.raises(ValueError, match="dtype"):
         BenchConfig(dtype="fp16")
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        BenchConfig(schedule="eager")

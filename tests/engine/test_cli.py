@@ -56,6 +56,11 @@ def test_generate_chooses_the_layout_in_one_place(monkeypatch):
               "--cuda-graphs", "off", "--max-area", "4096", "--timeout", "9", "--precision", "fp8"])
     assert seen["layout"] == "2+1" and seen["seed"] == 7 and seen["max_area"] == 4096 and seen["precision"] == "fp8"
     assert seen["stream"].cuda_graphs is False and seen["ring"].timeout == 9
+    assert seen["schedule"] == "sequential"  # the default
+    seen.clear()
+    with pytest.raises(SystemExit):
+        main(["generate", "--image", "a.png", "--audio", "b.wav", "--out", "c.mp4", "--schedule", "pipelined"])
+    assert seen["schedule"] == "pipelined" and seen["layout"] == "1"
 
 
 def test_cuda_graphs_on_without_cuda_is_a_clear_error(tmp_path):

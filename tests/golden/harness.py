@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from liveavatar_rt.config import StreamConfig
-from liveavatar_rt.engine import BlockStepper, SinkOffsets
+from liveavatar_rt.engine import BlockStepper, SinkOffsets, StepRow
 from liveavatar_rt.io import load_dit, published_config, read_safetensors
 from liveavatar_rt.ops import OpTable
 from liveavatar_rt.ops.kv_fp8 import dequantize_kv
@@ -63,10 +63,11 @@ def settings(golden: Path = GOLDEN_DIR) -> dict:
 
 def run(variant: str, golden: Path = GOLDEN_DIR, blocks: int | None = None, force=None,
         lora_scale: float | None = None, cfg_override: dict | None = None, precision: str | None = None,
-        kv_dtype: torch.dtype | None = None) -> GoldenRun:
+        kv_dtype: torch.dtype | None = None, pipelined: bool = False) -> GoldenRun:
     """precision: override the variant's (e.g. run bf16 weights against the fp8 outputs);
     kv_dtype: the caches' storage (E4M3: the fp8 KV cache; the cache tensors returned are then
-    dequantized to the compute dtype)."""
+    dequantized to the compute dtype); pipelined: the blocks in the pipelined schedule's order
+    (engine/pipelined.py: each forward takes the next step of every block in flight)."""
     conf = settings(golden)
     p = conf["pipeline"]
     dtype = DTYPES[variant]
@@ -90,20 +91,47 @@ def run(variant: str, golden: Path = GOLDEN_DIR, blocks: int | None = None, forc
     n_blocks = p["num_clips"] * p["blocks_per_clip"] if blocks is None else blocks
     audio_per_block = p["audio"]["audio_frames_per_block"]
     vel, lat, audio, ring = [], [], {}, (None, None)
-    for b in range(n_blocks):
+
+    def features(b: int) -> torch.Tensor:
         clip, k = divmod(b, p["blocks_per_clip"])
         a0 = clip * p["infer_frames"] + k * audio_per_block
-        feats = inp["audio_emb"][..., a0:a0 + audio_per_block].to(dtype)
+        return inp["audio_emb"][..., a0:a0 + audio_per_block].to(dtype)
+
+    if pipelined:
+        traces = _pipelined_traces(st, n_blocks, features, inp["noise"].to(dtype), inp["cond_states"].to(dtype))
+    for b in range(n_blocks):
+        feats = features(b)
         tok, glob = st.audio(feats)
         audio[b] = (tok, glob)
-        trace = []
-        st.denoise(inp["noise"][b:b + 1].to(dtype), b, feats, inp["cond_states"].to(dtype), trace=trace)
+        if pipelined:
+            trace = traces[b]
+        else:
+            trace = []
+            st.denoise(inp["noise"][b:b + 1].to(dtype), b, feats, inp["cond_states"].to(dtype), trace=trace)
         vel.append(torch.stack([v[0] for v, _ in trace]))
         lat.append(torch.stack([x[0] for _, x in trace]))
-        if b == 5:
+        if b == 5 and not pipelined:  # (pipelined: the ring has moved on by the time this runs)
             ring = _stored(st.rings[0].layer(0), dtype)
     return GoldenRun(torch.stack(vel), torch.stack(lat), *_stored((st.cond.k[0], st.cond.v[0], st.cond.ks[0],
                                                                    st.cond.vs[0]), dtype), audio, *ring)
+
+
+def _pipelined_traces(st: BlockStepper, n_blocks: int, features, noise: torch.Tensor,
+                      cond_states: torch.Tensor) -> dict[int, list]:
+    """Blocks 0..n_blocks-1 in the pipelined schedule (TPP order: a new block joins each
+    forward, every block in flight takes its next step) -> {block: [(velocity, latent)] per step}."""
+    steps = len(st.steps)
+    flight, traces = [], {}
+    for fwd in range(n_blocks + steps - 1):
+        if fwd < n_blocks:
+            flight.append({"b": fwd, "x": noise[fwd:fwd + 1], "audio": st.audio(features(fwd))})
+            traces[fwd] = []
+        rows = [StepRow(st.steps[len(traces[f["b"]])], f["b"], f["x"], f["audio"], cond_states) for f in flight]
+        for f, (v, x) in zip(flight, st.step_rows(rows)):
+            f["x"] = x
+            traces[f["b"]].append((v, x))
+        flight = [f for f in flight if len(traces[f["b"]]) < steps]
+    return traces
 
 
 def _stored(kv: tuple, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:

@@ -50,6 +50,14 @@ def test_parity_bf16_best_providers():
     assert harness.parity_failures(res, "bf16") == []
 
 
+def test_parity_bf16_pipelined_schedule():
+    """The pipelined schedule (every block in flight takes its next step in one batched forward)
+    stays within the bf16 parity bound: its rows differ from the sequential run only by the
+    GEMMs' accumulation order for a taller batch (tests/engine/test_pipelined.py)."""
+    res = harness.run("bf16", pipelined=True)
+    assert harness.parity_failures(res, "bf16") == []
+
+
 needs_fp8 = pytest.mark.skipif(not (harness.GOLDEN_DIR / "outputs_fp8.safetensors").is_file(),
                                reason="this fixture set has no outputs_fp8.safetensors")
 
