@@ -43,6 +43,17 @@ void gated_residual_out_cpu(at::Tensor& out, const at::Tensor& x, const at::Tens
 at::Tensor layer_norm_cpu(const at::Tensor& x, const std::optional<at::Tensor>& weight,
                           const std::optional<at::Tensor>& bias, double eps);
 
+// The block's norm chains in one pass (csrc/cpu/residual_norm.cpp), as ops/block_norms.py.
+at::Tensor ln_modulate_cpu(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale, double eps,
+                           at::ScalarType out_dtype);
+std::tuple<at::Tensor, at::Tensor> residual_norm_cpu(const at::Tensor& x, const at::Tensor& y,
+                                                     const std::optional<at::Tensor>& gate,
+                                                     const std::optional<at::Tensor>& weight,
+                                                     const std::optional<at::Tensor>& bias,
+                                                     const std::optional<at::Tensor>& shift,
+                                                     const std::optional<at::Tensor>& scale, double eps,
+                                                     bool round_input, at::ScalarType out_dtype);
+
 // GELU, tanh approximation (csrc/cpu/gelu.cpp), as ops/activation.py::gelu_tanh: x fp32|bf16 ->
 // same dtype, fp32 inside.
 at::Tensor gelu_tanh_cpu(const at::Tensor& x);

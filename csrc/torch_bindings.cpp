@@ -38,6 +38,15 @@ TORCH_LIBRARY(liveavatar_rt, m) {
   // LayerNorm over the last dim, as liveavatar_rt/ops/norm.py::layer_norm: fp32 statistics,
   // optional affine weight/bias [C] upcast to fp32. x: [..., C] fp32|bf16 -> fp32 [..., C].
   m.def("layer_norm(Tensor x, Tensor? weight, Tensor? bias, float eps) -> Tensor");
+  // The block's norm chains in one pass, as liveavatar_rt/ops/block_norms.py. x, y: [B, L, C]
+  // fp32|bf16; shift, scale, gate: fp32 [B|1, F, 1, C] per frame of S = L / F tokens.
+  // ln_modulate: modulate(layer_norm(x).to(x.dtype), shift, scale, out_dtype) -> [B, L, C].
+  m.def("ln_modulate(Tensor x, Tensor shift, Tensor scale, float eps, ScalarType out_dtype) -> Tensor");
+  // residual_norm: r = fp32(x) + fp32(y) * gate (no gate: x + y); n = layer_norm(r, or
+  // r.to(out_dtype) when round_input, weight, bias); h = modulate(n, shift, scale, out_dtype)
+  // with shift/scale, else n.to(out_dtype) -> (r fp32, h), both [B, L, C].
+  m.def("residual_norm(Tensor x, Tensor y, Tensor? gate, Tensor? weight, Tensor? bias, Tensor? shift, "
+        "Tensor? scale, float eps, bool round_input, ScalarType out_dtype) -> (Tensor, Tensor)");
   // GELU with the tanh approximation, as liveavatar_rt/ops/activation.py::gelu_tanh: fp32
   // inside, x: [...] fp32|bf16 -> the same shape and dtype (contiguous).
   m.def("gelu_tanh(Tensor x) -> Tensor");
@@ -86,6 +95,8 @@ TORCH_LIBRARY_IMPL(liveavatar_rt, CPU, m) {
   m.impl("gated_residual", &liveavatar_rt::gated_residual_cpu);
   m.impl("gated_residual_out", &liveavatar_rt::gated_residual_out_cpu);
   m.impl("layer_norm", &liveavatar_rt::layer_norm_cpu);
+  m.impl("ln_modulate", &liveavatar_rt::ln_modulate_cpu);
+  m.impl("residual_norm", &liveavatar_rt::residual_norm_cpu);
   m.impl("gelu_tanh", &liveavatar_rt::gelu_tanh_cpu);
   m.impl("rolling_attention", &liveavatar_rt::rolling_attention_cpu);
   m.impl("rolling_attention_fp8", &liveavatar_rt::rolling_attention_fp8_cpu);

@@ -56,6 +56,14 @@ def _register_fakes() -> None:
     def _layer_norm_fake(x, weight, bias, eps):
         return x.new_empty(x.shape, dtype=torch.float32)
 
+    @torch.library.register_fake("liveavatar_rt::ln_modulate")
+    def _ln_modulate_fake(x, shift, scale, eps, out_dtype):
+        return x.new_empty(x.shape, dtype=out_dtype)
+
+    @torch.library.register_fake("liveavatar_rt::residual_norm")
+    def _residual_norm_fake(x, y, gate, weight, bias, shift, scale, eps, round_input, out_dtype):
+        return x.new_empty(x.shape, dtype=torch.float32), x.new_empty(x.shape, dtype=out_dtype)
+
     @torch.library.register_fake("liveavatar_rt::gelu_tanh")
     def _gelu_tanh_fake(x):
         return torch.empty_like(x, memory_format=torch.contiguous_format)

@@ -15,7 +15,7 @@
 // templated loops into each clone (else they stay generic SSE code). The build passes
 // -ffp-contract=off: a fused multiply-add would round differently from the reference.
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define LIVEAVATAR_RT_ISA_CLONES __attribute__((target_clones("avx512f", "avx2", "default"), flatten))
+#define LIVEAVATAR_RT_ISA_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default"), flatten))
 #else
 #define LIVEAVATAR_RT_ISA_CLONES
 #endif
@@ -110,6 +110,27 @@ struct RowIndex {
 inline int64_t grain_rows(int64_t row_len) {
   constexpr int64_t kGrainElems = 32768;
   return row_len > 0 ? std::max<int64_t>(1, kGrainElems / row_len) : 1;
+}
+
+// sum(x - shift) or sum((x - shift)^2) over a row of C floats in 16 fp32 lanes (vectorises
+// without reassociation), then the tail, then the lanes in order: layer_norm's statistics
+// (layer_norm.cpp, residual_norm.cpp: one definition, so the fused kernels match it bit for bit).
+inline float lane_sum(const float* __restrict x, int64_t C, float shift, bool square) {
+  float lane[16] = {};
+  int64_t c = 0;
+  for (; c + 16 <= C; c += 16) {
+    for (int k = 0; k < 16; ++k) {
+      const float d = x[c + k] - shift;
+      lane[k] += square ? d * d : d;
+    }
+  }
+  float sum = 0.f;
+  for (; c < C; ++c) {
+    const float d = x[c] - shift;
+    sum += square ? d * d : d;
+  }
+  for (float v : lane) sum += v;
+  return sum;
 }
 
 inline bool is_fp32_or_bf16(at::ScalarType t) { return t == at::kFloat || t == at::kBFloat16; }

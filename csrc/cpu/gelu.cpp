@@ -80,11 +80,32 @@ RA_AVX512 void gelu_avx512(const void* x, void* out, bool bf16, int64_t i0, int6
     }
   }
 }
+
+// bf16 with AVX512-BF16: the conversion is one vcvtneps2bf16 (round to nearest even, as
+// bf16_rne; it also flushes fp32 denormals to 0, which no GELU output of a bf16 input is
+// besides +-0 and tiny inputs' own halves, and keeps a NaN a NaN).
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,avx512bf16")))
+void gelu_avx512bf16(const void* x, void* out, int64_t i0, int64_t i1) {
+  for (int64_t i = i0; i < i1; i += 16) {
+    const __mmask16 live = mask16(i1 - i);
+    const __m512 v = load_bf16_ps(static_cast<const uint16_t*>(x) + i, live);
+    _mm256_mask_storeu_epi16(static_cast<uint16_t*>(out) + i, live, (__m256i)_mm512_cvtneps_pbh(gelu_ps(v)));
+  }
+}
+
+bool avx512bf16_supported() {
+  static const bool ok = [] {
+    __builtin_cpu_init();
+    return avx512_supported() && __builtin_cpu_supports("avx512bf16");
+  }();
+  return ok;
+}
 #endif
 
 LIVEAVATAR_RT_ISA_CLONES
 void gelu_dispatch(const void* x, void* out, bool bf16, int64_t i0, int64_t i1) {
 #ifdef LIVEAVATAR_RT_RA_AVX512
+  if (bf16 && avx512bf16_supported()) return gelu_avx512bf16(x, out, i0, i1);
   if (avx512_supported()) return gelu_avx512(x, out, bf16, i0, i1);
 #endif
   if (bf16) {

@@ -33,24 +33,6 @@ struct LnArgs {
   float eps;
 };
 
-inline float lane_sum(const float* __restrict x, int64_t C, float shift, bool square) {
-  float lane[16] = {};
-  int64_t c = 0;
-  for (; c + 16 <= C; c += 16) {
-    for (int k = 0; k < 16; ++k) {
-      const float d = x[c + k] - shift;
-      lane[k] += square ? d * d : d;
-    }
-  }
-  float sum = 0.f;
-  for (; c < C; ++c) {
-    const float d = x[c] - shift;
-    sum += square ? d * d : d;
-  }
-  for (float v : lane) sum += v;
-  return sum;
-}
-
 // bf16 rows are widened into an fp32 scratch row first: GCC keeps the lane sums scalar on
 // bf16 loads (perf: ~3x slower than on fp32 rows).
 template <typename T>

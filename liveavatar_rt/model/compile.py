@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 # elementwise / normalisation ops inductor fuses better than it can call our kernels
-COMPILE_REF_OPS = ("rms_norm", "layer_norm", "modulate", "gated_residual", "gelu_tanh")
+COMPILE_REF_OPS = ("rms_norm", "layer_norm", "modulate", "gated_residual", "gelu_tanh", "ln_modulate", "residual_norm")
 
 
 def compile_forced(force) -> dict:

@@ -1,4 +1,5 @@
-"""`cuda` provider: the CUDA kernel of `liveavatar_rt._C` for `modulate`
+"""`cuda` provider: the CUDA kernel of `liveavatar_rt._C` for `modulate` (and the block's norm
+chains of ops/block_norms.py, which use it)
 (csrc/cuda/modulate_kernel.cu, bound for the CUDA dispatch key in csrc/cuda/modulate_binding.cu).
 
 Bit-identical to the reference: every step is an fp32 op rounded to nearest (no FMA), then one
@@ -19,6 +20,7 @@ from typing import Optional
 import torch
 
 from .. import _ext
+from .block_norms import ln_modulate_with, residual_norm_with
 from .cpu_providers import _DTYPES, modulate_as_tokens
 from .registry import OPS
 
@@ -55,4 +57,16 @@ def modulate(x_norm: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, out
     return modulate_as_tokens(x_norm, shift, scale, out_dtype, "cuda")
 
 
+def ln_modulate(x, shift, scale, eps: float, out_dtype: torch.dtype) -> torch.Tensor:
+    """ops/block_norms.py's chain with this modulate kernel (the norm: the reference)."""
+    return ln_modulate_with(modulate, x, shift, scale, eps, out_dtype)
+
+
+def residual_norm(x, y, gate, weight, bias, shift, scale, eps: float, round_input: bool, out_dtype: torch.dtype):
+    """ops/block_norms.py's chain with this modulate kernel (residual and norm: the references)."""
+    return residual_norm_with(modulate, x, y, gate, weight, bias, shift, scale, eps, round_input, out_dtype)
+
+
 OPS["modulate"].register("cuda", modulate, priority=PRIORITY, supports=supports)
+OPS["ln_modulate"].register("cuda", ln_modulate, priority=PRIORITY, supports=supports)
+OPS["residual_norm"].register("cuda", residual_norm, priority=PRIORITY, supports=supports)

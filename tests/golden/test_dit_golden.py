@@ -11,7 +11,8 @@ import torch
 from liveavatar_rt.config import ModelConfig
 from liveavatar_rt.engine import flow_schedule
 from liveavatar_rt.io import merge_lora_weight, parse_lora, read_safetensors
-from liveavatar_rt.model.block import Block
+from liveavatar_rt.ops import block_norms
+from liveavatar_rt.ops.norm import layer_norm
 from tests.golden import harness
 
 pytestmark = pytest.mark.skipif(not (harness.GOLDEN_DIR / "config.json").is_file(),
@@ -109,15 +110,17 @@ def _even_split(self):
     return self.head_dim - 2 * hw, hw, hw
 
 
-def _unrounded_norm1(self, x):
-    return self.ops.layer_norm(x, None, None, self.eps)
+def _unrounded_ln_modulate_with(modulate_fn, x, shift, scale, eps, out_dtype):
+    B, L, C = x.shape
+    n = layer_norm(x, None, None, eps)  # fp32: not rounded to x's dtype before the modulation
+    return modulate_fn(n.reshape(B, shift.shape[1], -1, C), shift, scale, out_dtype).reshape(x.shape)
 
 
 MUTATIONS = {
     # a different RoPE frequency split (time/height/width real dims)
     "rope_split": dict(variant="fp32", patch=(ModelConfig, "rope_split", property(_even_split))),
     # norm1's output not rounded to bf16 before the fp32 modulation
-    "norm1_rounding": dict(variant="bf16", patch=(Block, "norm1", _unrounded_norm1)),
+    "norm1_rounding": dict(variant="bf16", patch=(block_norms, "ln_modulate_with", _unrounded_ln_modulate_with)),
     # LoRA scale alpha/rank changed from 0.5 to 1.0
     "lora_scale": dict(variant="fp32", run=dict(lora_scale=1.0)),
     # text not zero-padded to text_len (cross-attention over the real tokens only)
