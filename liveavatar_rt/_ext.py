@@ -72,6 +72,16 @@ def _register_fakes() -> None:
     def _rolling_attention_fake(q, ring_k, ring_v, valid, cond_k, cond_v, cond_cos, cond_sin):
         return torch.empty_like(q, memory_format=torch.contiguous_format)
 
+    # the test entry points with an explicit instruction-set level: same shapes as the ops
+    @torch.library.register_fake("liveavatar_rt::rolling_attention_isa")
+    def _rolling_attention_isa_fake(q, ring_k, ring_v, valid, cond_k, cond_v, cond_cos, cond_sin, isa):
+        return torch.empty_like(q, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake("liveavatar_rt::rolling_attention_fp8_isa")
+    def _rolling_attention_fp8_isa_fake(q, ring_k, ring_v, ring_ks, ring_vs, valid, cond_k, cond_v, cond_ks, cond_vs,
+                                        cond_cos, cond_sin, isa):
+        return torch.empty_like(q, memory_format=torch.contiguous_format)
+
     @torch.library.register_fake("liveavatar_rt::rolling_attention_fp8")
     def _rolling_attention_fp8_fake(q, ring_k, ring_v, ring_ks, ring_vs, valid, cond_k, cond_v, cond_ks, cond_vs,
                                     cond_cos, cond_sin):

@@ -244,6 +244,7 @@ def test_opcheck(cpu_fn):
     for a in ((args[0].bfloat16(), *args[1:]), args):
         before = [t.clone() for t in a if isinstance(t, torch.Tensor)]
         torch.library.opcheck(op, a, test_utils=utils)
+        torch.library.opcheck(torch.ops.liveavatar_rt.rolling_attention_fp8_isa.default, (*a, -1), test_utils=utils)
         op(*a)
         after = [t for t in a if isinstance(t, torch.Tensor)]
         assert all(torch.equal(x.view(torch.uint8), y.view(torch.uint8)) if x.dtype == E4M3 else torch.equal(x, y)
