@@ -15,8 +15,11 @@ S = (h/2)(w/2) tokens per latent frame, F latent frames per block, L = F S, C = 
                 audio-token k, v      2 * 2 (F n) C^2,  n = num_audio_tokens + 1
                 scores + PV           2 * 2 L n C   (each frame's S queries see its n tokens)
     once        patch + cond embed    2 * 2 L (16 * 4) C
-                time embedding        2 F (freq_dim C + C^2 + 6 C^2)
                 head                  2 L C (4 * out_dim)
+
+The time embedding (2 F (freq_dim C + C^2 + 6 C^2)) depends on the step's timestep only: the
+engine computes it once per step and session (BlockStepper.time_embedding), like the text K/V,
+so it is not part of a block's work.
 
 The ring holds min(cache_frames S, tokens so far incl. this block); the conditioning tokens are
 the reference frame (S) plus the frame packer's buckets. `tests/benchmark/test_flops.py` checks
@@ -58,7 +61,7 @@ def step_flops(cfg: ModelConfig, stream: StreamConfig, latent_hw: tuple[int, int
 
     linear = cfg.num_layers * (4 * 2 * L * C * C + 2 * 2 * L * C * C + 2 * 2 * L * C * cfg.ffn_dim)
     linear += inject * (2 * Fr * C * 2 * C + 2 * 2 * L * C * C + 2 * 2 * Fr * n_audio * C * C)
-    linear += 2 * 2 * L * (cfg.in_dim * 4) * C + 2 * Fr * (cfg.freq_dim * C + C * C + 6 * C * C) + 2 * L * C * out_patch
+    linear += 2 * 2 * L * (cfg.in_dim * 4) * C + 2 * L * C * out_patch
     attention = cfg.num_layers * (2 * 2 * L * Lk * C + 2 * 2 * L * cfg.text_len * C) + inject * 2 * 2 * L * n_audio * C
     return {"total": linear + attention, "linear": linear, "attention": attention}
 

@@ -36,6 +36,8 @@ def test_step_flops_match_counted(tiny_ref, hw, monkeypatch):
     noise, feats = block_inputs(tiny_ref, 0, hw=hw)
     cond = torch.zeros_like(noise)
     checked = 0
+    for step in st.steps:  # kept per step and session, as the time embedding of every block after
+        st.time_embedding(step, 1, noise.shape[2])
     for block in range(6):  # the ring (12 latent frames = 4 blocks) fills at block 3
         audio = st.audio(feats)
         attn_flops.clear()
