@@ -98,6 +98,26 @@ def modulate_cases(geo: Geometry, device) -> list[Case]:
                  lambda t, dt: ((t["x"], t["shift"], t["scale"], dt), {}))]
 
 
+def block_norms_cases(geo: Geometry, device) -> dict[str, list[Case]]:
+    """ops/block_norms.py as model/block.py calls them: x, y [1, L, C] (y in the working dtype),
+    per-frame fp32 shift/scale/gate [1, F, 1, C]; norm1 (ln_modulate), norm3 (gated residual,
+    affine, rounded input), norm2 (fp32 residual + y, modulation)."""
+    g, C, eps = gen(device, 4), geo.cfg.dim, geo.cfg.eps
+    B, F, L = 1, geo.frames, geo.lq
+    base = dict(x=randn(g, B, L, C, scale=3.0), xf=randn(g, B, L, C, scale=3.0), y=randn(g, B, L, C),
+                shift=randn(g, B, F, 1, C), scale=randn(g, B, F, 1, C, scale=0.5), gate=randn(g, B, F, 1, C, scale=0.5),
+                w=randn(g, C, scale=0.5), b=randn(g, C, scale=0.5))
+    return {
+        "ln_modulate": [Case("ln_modulate", "norm1 x [1,L,C]", base, ("x",),
+                             lambda t, dt: ((t["x"], t["shift"], t["scale"], eps, dt), {}))],
+        "residual_norm": [
+            Case("residual_norm", "norm3 (gate, affine, rounded)", base, ("x", "y", "w", "b"),
+                 lambda t, dt: ((t["x"], t["y"], t["gate"], t["w"], t["b"], None, None, eps, True, dt), {})),
+            Case("residual_norm", "norm2 (fp32 x + y, modulated)", base, ("y",),
+                 lambda t, dt: ((t["xf"], t["y"], None, None, None, t["shift"], t["scale"], eps, False, dt), {}))],
+    }
+
+
 def rolling_attention_cases(geo: Geometry, device) -> list[Case]:
     """q [1, Lq, H, D]; ring K/V [1, cap, H, D] full (valid = cap) and filling (2 blocks);
     cond K/V [1, Lc, H, D] with the conditioning RoPE tables. x2 scales: a peakier softmax."""
@@ -158,6 +178,8 @@ def qk_norm_rope_cases(geo: Geometry, device) -> list[Case]:
 
 CASES: dict[str, Callable[[Geometry, torch.device], list[Case]]] = {
     "modulate": modulate_cases,
+    "ln_modulate": lambda geo, device: block_norms_cases(geo, device)["ln_modulate"],
+    "residual_norm": lambda geo, device: block_norms_cases(geo, device)["residual_norm"],
     "rolling_attention": rolling_attention_cases,
     "rolling_attention_fp8": rolling_attention_fp8_cases,
     "qk_norm_rope": qk_norm_rope_cases,
