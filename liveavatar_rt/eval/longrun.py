@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ..benchmark.memory import rss_mib
+from ..engine.pipelined import check_schedule
 from ..config import DTYPES
 from . import landmarks, metrics
 from .clips import DEFAULT_DIR, LoopedClips, load_clip_set
@@ -78,6 +79,7 @@ class EvalConfig:
             raise ValueError(f"window_seconds must be > 0, got {self.window_seconds}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        check_schedule(self.schedule)
 
 
 def _lipsync_fns():

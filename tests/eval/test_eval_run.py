@@ -82,5 +82,7 @@ def test_truth_is_aligned_with_produced_frames(clip_set, monkeypatch):
 def test_config_errors(clip_set):
     with pytest.raises(ValueError, match="minutes"):
         EvalConfig(minutes=0)
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        EvalConfig(schedule="eager")
     with pytest.raises(ValueError, match="identity 'nobody'"):
         run_eval(EvalConfig(minutes=0.1, identity="nobody", clips_dir=str(clip_set)), log=None)

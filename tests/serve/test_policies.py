@@ -90,3 +90,20 @@ def test_malloc_trim_is_debounced(monkeypatch):
     monkeypatch.setattr(memory, "_running", False)
     assert memory.trim_soon() is True
     assert memory.trim_soon() is False  # within MIN_INTERVAL_S (or still running)
+
+
+def test_serve_cli_passes_the_load_options(monkeypatch):
+    """`liveavatar-rt serve --schedule pipelined --kv-cache fp8 --compile` reach Engine.load."""
+    from liveavatar_rt.cli import main
+    from liveavatar_rt.serve import engine as engine_mod
+
+    seen = {}
+
+    def fake_load(model, **kw):
+        seen.update(kw, model=model)
+        raise SystemExit(7)
+
+    monkeypatch.setattr(engine_mod.Engine, "load", classmethod(lambda cls, model, **kw: fake_load(model, **kw)))
+    with pytest.raises(SystemExit):
+        main(["serve", "--schedule", "pipelined", "--kv-cache", "fp8", "--compile"])
+    assert seen["schedule"] == "pipelined" and seen["kv_cache_dtype"] == "fp8" and seen["compile"] is True
