@@ -26,7 +26,7 @@ import torch
 from ..config import AUDIO_RATE, KV_CACHE_DTYPES, StreamConfig, check_kv_cache_dtype, from_name
 from ..envvars import tiny_random
 from ..model import CausalWanS2V
-from ..io.checkpoint import FP8_FILE
+from ..io.checkpoint import FP8_FILE, check_fp8_file
 from ..io.decoder import load_decoder
 from ..io.published import PUBLISHED_FILES
 from ..model.compile import compile_blocks, compile_forced
@@ -299,6 +299,7 @@ class Pipeline:
             raise FileNotFoundError(f"{root} is missing {missing}")
         t0 = time.perf_counter()
         if use_fp8_file:
+            check_fp8_file(fp8_file)
             model = load_dit(fp8_file, cfg, dtype=dtype, device=device, ops=ops, precision="fp8")
         else:
             model = load_dit(root, cfg, dtype=dtype, device=device, lora=paths["Live Avatar LoRA"], ops=ops,

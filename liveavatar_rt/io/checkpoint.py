@@ -110,6 +110,19 @@ def save_fp8_dit(model: CausalWanS2V, path: str | os.PathLike) -> None:
     save_file(state, str(path), metadata={"format": FP8_FORMAT, "lora_merged": "true"})
 
 
+def check_fp8_file(path: str | os.PathLike) -> None:
+    """Refuse a file at FP8_FILE's place that `save_fp8_dit` did not write: its metadata must name
+    FP8_FORMAT and a merged LoRA (the published LoRA is not applied again when it loads)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("format") != FP8_FORMAT or meta.get("lora_merged") != "true":
+        raise ValueError(f"{path} is not a liveavatar_rt fp8 DiT (metadata format={meta.get('format')!r}, "
+                         f"lora_merged={meta.get('lora_merged')!r}; expected {FP8_FORMAT!r}, 'true'): "
+                         "write it again with `liveavatar-rt quantize --model DIR`, or delete it")
+
+
 def published_config(path: str | os.PathLike) -> ModelConfig | None:
     """ModelConfig from a `config.json` next to the checkpoint (diffusers layout), if present."""
     p = Path(path)

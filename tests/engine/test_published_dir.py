@@ -110,3 +110,10 @@ def test_fp8_precision_and_the_quantized_file(model_dir, tmp_path):
     for f in [copy / "liveavatar.safetensors", *copy.glob("diffusion_pytorch_model*")]:
         f.unlink()  # the fp8 file alone carries the DiT and its merged LoRA
     assert torch.equal(latents(copy, "fp8"), from_shards)
+    # a file at that place without the quantize metadata (another tool's, an old format) is refused
+    from safetensors.torch import load_file, save_file
+
+    fp8_file = copy / "liveavatar_rt_fp8.safetensors"
+    save_file(load_file(str(fp8_file)), str(fp8_file), metadata={"format": "something-else"})
+    with pytest.raises(ValueError, match="liveavatar-rt quantize"):
+        Pipeline.from_pretrained(copy, quiet=True, max_area=64 * 64, precision="fp8")
