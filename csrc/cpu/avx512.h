@@ -13,6 +13,7 @@
 #define LIVEAVATAR_RT_RA_AVX512 1
 
 #define RA_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
+#define RA_AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,avx512bf16")))
 
 namespace liveavatar_rt::cpu {
 namespace {
@@ -57,6 +58,15 @@ inline bool avx512_supported() {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma");
+  }();
+  return ok;
+}
+
+// ... and AVX512-BF16 (what RA_AVX512BF16 code needs).
+inline bool avx512bf16_supported() {
+  static const bool ok = [] {
+    __builtin_cpu_init();
+    return avx512_supported() && __builtin_cpu_supports("avx512bf16");
   }();
   return ok;
 }

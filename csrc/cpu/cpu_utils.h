@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 
 // The kernels are plain loops over contiguous rows. An extension is compiled without torch's
 // CPU_CAPABILITY_* defines, so at::vec::Vectorized would fall back to its generic (array)
@@ -131,6 +132,17 @@ inline float lane_sum(const float* __restrict x, int64_t C, float shift, bool sq
   }
   for (float v : lane) sum += v;
   return sum;
+}
+
+// An optional affine weight/bias of a norm over C channels: any float dtype on CPU, upcast to a
+// contiguous fp32 [C] (layer_norm.cpp, residual_norm.cpp); errors name `op` and `what`.
+inline std::optional<at::Tensor> affine_fp32(const std::optional<at::Tensor>& t, int64_t C, const char* op,
+                                             const char* what) {
+  if (!t.has_value()) return std::nullopt;
+  TORCH_CHECK(t->device().is_cpu(), op, ": ", what, " must be on CPU, got ", t->device());
+  TORCH_CHECK(at::isFloatingType(t->scalar_type()) && t->dim() == 1 && t->size(0) == C, op, ": ", what,
+              " must be a floating [C] = [", C, "], got ", t->scalar_type(), " ", t->sizes());
+  return t->to(at::kFloat).contiguous();
 }
 
 inline bool is_fp32_or_bf16(at::ScalarType t) { return t == at::kFloat || t == at::kBFloat16; }

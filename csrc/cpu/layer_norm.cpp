@@ -73,14 +73,6 @@ void ln_rows_dispatch(const LnArgs& a, bool bf16, int64_t r0, int64_t r1) {
   return ln_rows<float>(a, r0, r1);
 }
 
-std::optional<at::Tensor> affine(const std::optional<at::Tensor>& t, int64_t C, const char* what) {
-  if (!t.has_value()) return std::nullopt;
-  TORCH_CHECK(t->device().is_cpu(), "liveavatar_rt::layer_norm: ", what, " must be on CPU, got ", t->device());
-  TORCH_CHECK(at::isFloatingType(t->scalar_type()) && t->dim() == 1 && t->size(0) == C, "liveavatar_rt::layer_norm: ",
-              what, " must be a floating [C] = [", C, "], got ", t->scalar_type(), " ", t->sizes());
-  return t->to(at::kFloat).contiguous();
-}
-
 }  // namespace
 }  // namespace cpu
 
@@ -91,7 +83,8 @@ at::Tensor layer_norm_cpu(const at::Tensor& x_in, const std::optional<at::Tensor
               x_in.scalar_type());
   TORCH_CHECK(x_in.dim() >= 1, "liveavatar_rt::layer_norm: x must have at least 1 dim ([..., C]), got a scalar");
   const int64_t C = x_in.size(-1);
-  const auto w = cpu::affine(weight, C, "weight"), b = cpu::affine(bias, C, "bias");
+  const auto w = cpu::affine_fp32(weight, C, "liveavatar_rt::layer_norm", "weight");
+  const auto b = cpu::affine_fp32(bias, C, "liveavatar_rt::layer_norm", "bias");
   at::Tensor out = at::empty(x_in.sizes(), x_in.options().dtype(at::kFloat).memory_format(at::MemoryFormat::Contiguous));
   if (x_in.numel() == 0) return out;
   const at::Tensor x = x_in.stride(-1) == 1 || C == 1 ? x_in : x_in.contiguous();

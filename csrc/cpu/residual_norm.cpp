@@ -148,14 +148,6 @@ Frames frames(const std::optional<at::Tensor>& t, const at::Tensor& x, const cha
   return Frames{r.data_ptr<float>(), r.size(0) == 1 ? 0 : r.stride(0), r.stride(1)};
 }
 
-std::optional<at::Tensor> affine(const std::optional<at::Tensor>& t, int64_t C, const char* name) {
-  if (!t.has_value()) return std::nullopt;
-  TORCH_CHECK(t->device().is_cpu() && at::isFloatingType(t->scalar_type()) && t->dim() == 1 && t->size(0) == C,
-              kResNorm, ": ", name, " must be a floating CPU [C] = [", C, "], got ", t->device(), " ",
-              t->scalar_type(), " ", t->sizes());
-  return t->to(at::kFloat).contiguous();
-}
-
 at::Tensor rows_contig(const at::Tensor& t) { return t.size(2) == 1 || t.stride(2) == 1 ? t : t.contiguous(); }
 
 void run(NormArgs& a, const at::Tensor& x, const at::Tensor* y, const at::Tensor& out) {
@@ -212,7 +204,8 @@ std::tuple<at::Tensor, at::Tensor> residual_norm_cpu(const at::Tensor& x_in, con
   a.gate = cpu::frames(gate, x_in, cpu::kResNorm, "gate", keep, F);
   a.shift = cpu::frames(shift, x_in, cpu::kResNorm, "shift", keep, F);
   a.scale = cpu::frames(scale, x_in, cpu::kResNorm, "scale", keep, F);
-  const auto w = cpu::affine(weight, C, "weight"), b = cpu::affine(bias, C, "bias");
+  const auto w = cpu::affine_fp32(weight, C, cpu::kResNorm, "weight");
+  const auto b = cpu::affine_fp32(bias, C, cpu::kResNorm, "bias");
   const auto contig = x_in.options().memory_format(at::MemoryFormat::Contiguous);
   at::Tensor res = at::empty(x_in.sizes(), contig.dtype(at::kFloat));
   at::Tensor out = at::empty(x_in.sizes(), contig.dtype(out_dtype));

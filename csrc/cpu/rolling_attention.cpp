@@ -163,6 +163,16 @@ inline void prefetch_kv(const RaArgs& a, const View4& x, int64_t b, int64_t l, i
   }
 }
 
+// Key g of the attended sequence [ring[:valid] ; cond] (its K and V rows), if there is one.
+template <typename T>
+inline void prefetch_key(const RaArgs& a, int64_t b, int64_t g, int64_t h) {
+  if (g >= a.valid + a.Lc) return;
+  const bool ring = g < a.valid;
+  const int64_t l = ring ? g : g - a.valid;
+  prefetch_kv<T>(a, ring ? a.rk : a.ck, b, l, h);
+  prefetch_kv<T>(a, ring ? a.rv : a.cv, b, l, h);
+}
+
 // bf16 -> fp32 rows (cloned per ISA so the conversion vectorises).
 LIVEAVATAR_RT_ISA_CLONES
 void bf16_to_float(const c10::BFloat16* src, float* dst, int64_t n) {
@@ -222,10 +232,7 @@ void run_tasks(const RaArgs& a, const RaKernels& kern, int64_t t0, int64_t t1) {
       const int64_t nk = std::min(kTK, N - kb);
       for (int64_t j = 0; j < nk; ++j) {
         const int64_t g = kb + j, ga = g + kAhead;
-        if (ga < N) {
-          prefetch_kv<T>(a, ga < a.valid ? a.rk : a.ck, b, ga < a.valid ? ga : ga - a.valid, h);
-          prefetch_kv<T>(a, ga < a.valid ? a.rv : a.cv, b, ga < a.valid ? ga : ga - a.valid, h);
-        }
+        prefetch_key<T>(a, b, ga, h);
         const bool ring = g < a.valid;
         const int64_t l = ring ? g : g - a.valid;  // row in the ring or in the conditioning cache
         const T* k = kv_row<T>(a, ring ? a.rk : a.ck, ring ? a.rks : a.cks, b, l, h, reinterpret_cast<T*>(kdq.get()));
@@ -313,10 +320,7 @@ void run_tasks_amx(const RaArgs& a, int64_t t0, int64_t t1) {
         const int64_t n = std::clamp<int64_t>(nk - j0, 0, 16);
         for (int64_t j = j0; j < j0 + n; ++j) {
           const int64_t g = k0 + j, ga = g + kAhead;
-          if (ga < N) {
-            prefetch_kv<T>(a, ga < a.valid ? a.rk : a.ck, b, ga < a.valid ? ga : ga - a.valid, h);
-            prefetch_kv<T>(a, ga < a.valid ? a.rv : a.cv, b, ga < a.valid ? ga : ga - a.valid, h);
-          }
+          prefetch_key<T>(a, b, ga, h);
           const bool ring = g < a.valid;
           const int64_t l = ring ? g : g - a.valid;  // row in the ring or in the conditioning cache
           uint16_t* kr = Kr + j * Dk;

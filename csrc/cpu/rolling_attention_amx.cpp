@@ -215,30 +215,27 @@ RA_AMX void amx_pack_v_pair(const uint16_t* lo, const uint16_t* hi, int64_t p, i
   }
 }
 
-RA_AMX void amx_qk(const uint16_t* Qb, const uint32_t* Kb, float* Sb, int64_t nrb, int64_t nkp, int64_t Dk) {
-  const int64_t njb = nkp / 16, nkb = Dk / 32;
+// C (nrb x ncb blocks of 16 x 16 fp32) [+]= A B over nkb k steps, in 2 x 2 tile blocks (the
+// last row block alone when nrb is odd; the column blocks come in pairs, see the header).
+template <bool ACCUMULATE>
+RA_AMX inline void tile_rows(const uint16_t* A, const uint32_t* B, float* C, int64_t nrb, int64_t ncb, int64_t nkb) {
   for (int64_t rb = 0; rb < nrb; rb += 2) {
-    for (int64_t jb = 0; jb < njb; jb += 2) {
+    for (int64_t cb = 0; cb < ncb; cb += 2) {
       if (rb + 1 < nrb) {
-        tile_gemm<2, false>(Qb, Kb, Sb, rb, jb, njb, nkb);
+        tile_gemm<2, ACCUMULATE>(A, B, C, rb, cb, ncb, nkb);
       } else {
-        tile_gemm<1, false>(Qb, Kb, Sb, rb, jb, njb, nkb);
+        tile_gemm<1, ACCUMULATE>(A, B, C, rb, cb, ncb, nkb);
       }
     }
   }
 }
 
+RA_AMX void amx_qk(const uint16_t* Qb, const uint32_t* Kb, float* Sb, int64_t nrb, int64_t nkp, int64_t Dk) {
+  tile_rows<false>(Qb, Kb, Sb, nrb, nkp / 16, Dk / 32);  // S = Q K^T: key blocks of 16, k = D in pairs
+}
+
 RA_AMX void amx_pv(const uint16_t* Pb, const uint32_t* Vb, float* Ob, int64_t nrb, int64_t nkp, int64_t Dk) {
-  const int64_t ndb = Dk / 16, nkb = nkp / 32;
-  for (int64_t rb = 0; rb < nrb; rb += 2) {
-    for (int64_t db = 0; db < ndb; db += 2) {
-      if (rb + 1 < nrb) {
-        tile_gemm<2, true>(Pb, Vb, Ob, rb, db, ndb, nkb);
-      } else {
-        tile_gemm<1, true>(Pb, Vb, Ob, rb, db, ndb, nkb);
-      }
-    }
-  }
+  tile_rows<true>(Pb, Vb, Ob, nrb, Dk / 16, nkp / 32);  // O += P V: dim blocks of 16, k = keys in pairs
 }
 
 RA_AMX void amx_softmax(const float* Sb, uint16_t* Pb, float* m, float* l, float* Ob, int64_t nrb, int64_t nk,

@@ -76,7 +76,6 @@ void pv_portable(const void* P, const void* V, float* O, int64_t rows_p, int64_t
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 // ---- AVX-512 kernels (FMA: the summation order differs from torch's anyway) ---------------
-#define RA_AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,avx512bf16")))
 // exp2_ps (2^x, max error 0.7 ulp, -inf -> 0): avx512.h, shared with the AMX level.
 
 // kKR keys x NV vectors of 16 queries in registers; per step one QT row chunk, kKR broadcasts.
@@ -254,7 +253,7 @@ int ra_best_isa() {
   static const int best = [] {
     __builtin_cpu_init();
     if (!avx512_supported()) return int(kIsaPortable);
-    if (!__builtin_cpu_supports("avx512bf16")) return int(kIsaAvx512);
+    if (!avx512bf16_supported()) return int(kIsaAvx512);
     return int(ra_amx_supported() ? kIsaAmx : kIsaAvx512Bf16);
   }();
   return best;

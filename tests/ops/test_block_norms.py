@@ -125,7 +125,7 @@ def test_bad_inputs_are_named(ops):
         ops.residual_norm.default(x, y, gate, None, None, shift, None, 1e-6, False, BF)
     with pytest.raises(RuntimeError, match="another per-frame input"):
         ops.residual_norm.default(x, y, seeded_randn(2, 1, 1, 8), None, None, shift, scale, 1e-6, False, BF)
-    with pytest.raises(RuntimeError, match="weight must be a floating CPU"):
+    with pytest.raises(RuntimeError, match=r"residual_norm: weight must be a floating \[C\] = \[8\]"):
         ops.residual_norm.default(x, y, gate, seeded_randn(7), None, None, None, 1e-6, True, BF)
     with pytest.raises(RuntimeError, match="float32 or bfloat16"):
         ops.ln_modulate.default(x.double(), shift, scale, 1e-6, BF)
