@@ -87,6 +87,26 @@ def open_stepper(pipe, spec: SessionSpec, steps: list[int] | None = None) -> Blo
     return st
 
 
+def replace_sink(stepper: BlockStepper, sink: torch.Tensor | None, spec: SessionSpec, index: int) -> float:
+    """The published sink replacement before block `index`: the conditioning prefill again with
+    the kept sink as the reference. -> seconds it took."""
+    if sink is None:
+        raise RuntimeError(f"block {index} asks for the sink replacement, but no block kept a sink")
+    t = time.perf_counter()
+    stepper.prefill(sink, spec.motion)
+    return time.perf_counter() - t
+
+
+def finish_block(job: BlockJob, latent: torch.Tensor, decoder, timings: dict) -> BlockResult:
+    """A block's result: its clean latent and, with a decoder, its uint8 frames (timed)."""
+    frames = None
+    if decoder is not None:
+        t = time.perf_counter()
+        frames = to_uint8(decoder.decode(latent[0].float()))
+        timings["vae_decode"] = time.perf_counter() - t
+    return BlockResult(job.index, latent, frames, timings)
+
+
 def to_uint8(video: torch.Tensor) -> torch.Tensor:
     """Decoded video [3, T, H, W] in [-1, 1] -> uint8 frames [T, H, W, 3]."""
     return ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0)
@@ -110,20 +130,11 @@ class LocalExecutor:
             raise RuntimeError("LocalExecutor is one block deep: take() the last result first")
         timings: dict = {}
         if job.resink:
-            if self._sink is None:
-                raise RuntimeError(f"block {job.index} asks for the sink replacement, but no block kept a sink")
-            t = time.perf_counter()
-            self.stepper.prefill(self._sink, self.spec.motion)
-            timings["sink_replacement"] = time.perf_counter() - t
+            timings["sink_replacement"] = replace_sink(self.stepper, self._sink, self.spec, job.index)
         latent = self.stepper.denoise(job.noise, job.index, job.features, timings=timings)
         if job.keep_sink:
             self._sink = latent[:, :, :1].clone()
-        frames = None
-        if self.decoder is not None:
-            t = time.perf_counter()
-            frames = to_uint8(self.decoder.decode(latent[0].float()))
-            timings["vae_decode"] = time.perf_counter() - t
-        self._out = BlockResult(job.index, latent, frames, timings)
+        self._out = finish_block(job, latent, self.decoder, timings)
 
     def ready(self) -> bool:
         return self._out is not None

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .executor import BlockJob, BlockResult, SessionSpec, open_stepper, to_uint8
+from .executor import BlockJob, BlockResult, SessionSpec, finish_block, open_stepper, replace_sink
 from .stepper import StepRow
 
 SCHEDULES = ("sequential", "pipelined")
@@ -49,6 +49,7 @@ class _InFlight:
     cond_states: torch.Tensor
     done: int = 0  # steps taken (index into the stepper's steps)
     timings: dict = field(default_factory=dict)
+    rows: list[int] = field(default_factory=list)  # batch height of each forward charged to it
 
 
 class PipelinedExecutor:
@@ -74,13 +75,10 @@ class PipelinedExecutor:
             raise RuntimeError(f"PipelinedExecutor is {self.depth} blocks deep: take() a result first")
         timings: dict = {}
         if job.resink:
-            if self._sink is None and not any(f.job.keep_sink for f in self._flight):
-                raise RuntimeError(f"block {job.index} asks for the sink replacement, but no block kept a sink")
-            while self._flight:  # the blocks in flight still read the old conditioning
-                self._forward()
-            t = time.perf_counter()
-            self.stepper.prefill(self._sink, self.spec.motion)
-            timings["sink_replacement"] = time.perf_counter() - t
+            if self._sink is not None or any(f.job.keep_sink for f in self._flight):
+                while self._flight:  # the blocks in flight still read the old conditioning
+                    self._forward()
+            timings["sink_replacement"] = replace_sink(self.stepper, self._sink, self.spec, job.index)
         ops = self.stepper.model.ops
         x = job.noise.to(device=ops.device, dtype=ops.dtype)
         t = time.perf_counter()
@@ -109,26 +107,19 @@ class PipelinedExecutor:
         t = time.perf_counter()
         out = self.stepper.step_rows(rows)
         dt = time.perf_counter() - t
-        oldest = flight[0].timings
-        oldest["dit"] = oldest.get("dit", 0.0) + dt
-        oldest["_rows"] = oldest.get("_rows", []) + [len(rows)]
+        oldest = flight[0]
+        oldest.timings["dit"] = oldest.timings.get("dit", 0.0) + dt
+        oldest.rows.append(len(rows))
         for f, (_, x) in zip(flight, out):
             f.x, f.done = x, f.done + 1
         while flight and flight[0].done == len(steps):
             self._finish(flight.popleft())
 
     def _finish(self, f: _InFlight) -> None:
-        latent = f.x
         if f.job.keep_sink:
-            self._sink = latent[:, :, :1].clone()
-        rows = f.timings.pop("_rows", [])
-        f.timings["rows"] = sum(rows) / len(rows) if rows else 0.0
-        frames = None
-        if self.decoder is not None:
-            t = time.perf_counter()
-            frames = to_uint8(self.decoder.decode(latent[0].float()))
-            f.timings["vae_decode"] = time.perf_counter() - t
-        self._done.append(BlockResult(f.job.index, latent, frames, f.timings))
+            self._sink = f.x[:, :, :1].clone()
+        f.timings["rows"] = sum(f.rows) / len(f.rows)  # every block is charged one forward at least
+        self._done.append(finish_block(f.job, f.x, self.decoder, f.timings))
 
     def end(self) -> None:
         """No more jobs (the blocks in flight finish on `take`)."""

@@ -103,16 +103,22 @@ def test_cpu_provider(cpu_fn, shape, dtype):
 def test_cpu_provider_strided(cpu_fn, dtype):
     """q from a fused [B, L, 3, H, D] buffer, the ring as one layer of a [layers, B, cap, H, D]
     cache with batch 2, cond K/V with permuted batch/token strides and a sliced head dim."""
-    B, Lq, H, D, cap, Lc = 2, 12, 2, 64, 48, 10
-    g = torch.Generator().manual_seed(1)
+    args = strided_inputs(2, 12, 2, 64, 48, 30, 10, seed=1)
+    check_provider(cpu_fn, args, dtype, "rolling_attention[cpu] strided")
+
+
+def strided_inputs(B, Lq, H, D, cap, valid, Lc, seed):
+    """rolling_attention's arguments as views: q from a fused [B, L, 3, H, D] buffer, the ring as
+    one layer of a [layers, B, cap, H, D] cache, cond K/V with permuted batch/token strides and a
+    sliced head dim."""
+    g = torch.Generator().manual_seed(seed)
     q = torch.randn(B, Lq, 3, H, D, generator=g)[:, :, 0]
     ring = torch.randn(3, 2, B, cap, H, D, generator=g)
     ck = torch.randn(Lc, B, H, 2 * D, generator=g).transpose(0, 1)[..., :D]
     cv = torch.randn(Lc, B, H, D, generator=g).transpose(0, 1)
     ang = torch.rand(Lc, D // 2, generator=g) * 40
-    args = (q, ring[1, 0], ring[1, 1], 30, ck, cv, ang.cos(), ang.sin())
     assert not any(a.is_contiguous() for a in (q, ck, cv))
-    check_provider(cpu_fn, args, dtype, "rolling_attention[cpu] strided")
+    return q, ring[1, 0], ring[1, 1], valid, ck, cv, ang.cos(), ang.sin()
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -229,15 +235,7 @@ def test_cpu_level(cpu_fn, best_isa, level, shape, dtype):
 def test_cpu_level_strided(cpu_fn, best_isa, level):
     """test_cpu_provider_strided's views at the bf16 levels."""
     isa = require_level(best_isa, level)
-    B, Lq, H, D, cap, Lc = 2, 40, 2, 128, 300, 10
-    g = torch.Generator().manual_seed(5)
-    q = torch.randn(B, Lq, 3, H, D, generator=g)[:, :, 0]
-    ring = torch.randn(3, 2, B, cap, H, D, generator=g)
-    ck = torch.randn(Lc, B, H, 2 * D, generator=g).transpose(0, 1)[..., :D]
-    cv = torch.randn(Lc, B, H, D, generator=g).transpose(0, 1)
-    ang = torch.rand(Lc, D // 2, generator=g) * 40
-    args = (q, ring[1, 0], ring[1, 1], 290, ck, cv, ang.cos(), ang.sin())
-    assert not any(a.is_contiguous() for a in (q, ck, cv))
+    args = strided_inputs(2, 40, 2, 128, 300, 290, 10, seed=5)
     check_provider(level_fn(isa), args, torch.bfloat16, f"rolling_attention[cpu, {level}] strided")
 
 
